@@ -1,0 +1,112 @@
+import hashlib
+import io
+import tarfile
+
+import pytest
+from PIL import Image
+
+from dcpipe.shards.manifest import add_entry, load_manifest
+from dcpipe.shards.naming import make_key, sanitize_key, shard_name
+from dcpipe.shards.reader import ShardReadError, count_samples, iter_shard, list_shards
+from dcpipe.shards.writer import ShardWriter
+
+
+def _jpeg(colour=(200, 10, 10)):
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _write(shards_dir, index, n):
+    writer = ShardWriter(shards_dir, index)
+    for row in range(n):
+        writer.add(make_key(index, row), _jpeg((row, 0, 0)), {"row": row})
+    entry = writer.commit({"rows": n}, [{"row": n, "reason": "http_404"}], {"row_start": 0})
+    add_entry(shards_dir, entry)
+    return entry
+
+
+def test_names_are_fixed_width_and_keys_dot_free():
+    assert shard_name(12) == "000012"
+    assert make_key(3, 45) == "000003000045"
+    assert sanitize_key("../../etc/passwd.jpg") == "______etc_passwd_jpg"
+    with pytest.raises(ValueError):
+        sanitize_key("../..")
+
+
+def test_written_shard_reads_back_in_order_with_checksum(tmp_path):
+    entry = _write(tmp_path, 0, 4)
+    tar_bytes = (tmp_path / "000000.tar").read_bytes()
+    assert entry["sha256"] == hashlib.sha256(tar_bytes).hexdigest()
+    assert entry["bytes"] == len(tar_bytes)
+    samples = list(iter_shard(tmp_path / "000000.tar"))
+    assert [s.meta["row"] for s in samples] == [0, 1, 2, 3]
+    assert all(s.error is None and s.image.startswith(b"\xff\xd8") for s in samples)
+    assert (tmp_path / "000000.rejects.jsonl").read_text().count("http_404") == 1
+    [info] = list_shards(tmp_path)
+    assert (info.name, info.n_samples) == ("000000", 4)
+
+
+def test_same_samples_give_byte_identical_tars(tmp_path):
+    a, b = _write(tmp_path / "a", 0, 3), _write(tmp_path / "b", 0, 3)
+    assert a["sha256"] == b["sha256"]
+
+
+def test_uncommitted_writer_leaves_no_shard(tmp_path):
+    writer = ShardWriter(tmp_path, 5)
+    writer.add(make_key(5, 0), _jpeg(), {})
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_refuses_bad_and_duplicate_keys(tmp_path):
+    writer = ShardWriter(tmp_path, 0)
+    with pytest.raises(ValueError):
+        writer.add("a.b", _jpeg(), {})
+    writer.add("a", _jpeg(), {})
+    with pytest.raises(ValueError):
+        writer.add("a", _jpeg(), {})
+    writer.abort()
+
+
+def test_manifest_replaces_entries_by_index(tmp_path):
+    _write(tmp_path, 1, 2)
+    _write(tmp_path, 0, 1)
+    _write(tmp_path, 1, 3)
+    assert [(e["index"], e["n_samples"]) for e in load_manifest(tmp_path)["shards"]] == [(0, 1), (1, 3)]
+
+
+def test_foreign_shards_are_a_collection(tmp_path):
+    # img2dataset-style: 5-digit names, no manifest, a stats file beside each tar
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for key in ("000000000", "000000001"):
+            for ext, data in (("jpg", _jpeg()), ("txt", b"caption"), ("json", b"{}")):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    [info] = list_shards(tmp_path)
+    assert (info.name, info.n_samples) == ("00000", 2)
+    assert [s.key for s in iter_shard(info.path)] == ["000000000", "000000001"]
+
+
+def test_truncated_tar_raises_after_the_readable_samples(tmp_path):
+    _write(tmp_path, 0, 6)
+    path = tmp_path / "000000.tar"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    read = []
+    with pytest.raises(ShardReadError):
+        for sample in iter_shard(path):
+            read.append(sample.key)
+    assert 0 < len(read) < 6
+    with pytest.raises(ShardReadError):
+        count_samples(tmp_path / "missing.tar")
+
+
+def test_member_without_image_is_an_error_sample(tmp_path):
+    with tarfile.open(tmp_path / "x.tar", "w") as tar:
+        info = tarfile.TarInfo("k1.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    [sample] = list(iter_shard(tmp_path / "x.tar"))
+    assert sample.image is None and sample.error == "no image member"
