@@ -1,0 +1,181 @@
+"""The `dcpipe` command: parses flags, layers them over the workspace config, calls a stage.
+
+Exit codes: 0 done, 1 unexpected failure, 2 bad input (config, flags, sources, missing round),
+75 workspace busy (another dcpipe command holds its lock; cron: try again later).
+"""
+
+import json
+import os
+import sys
+from functools import wraps
+
+import click
+
+from . import config as configuration
+from . import rounds, status
+from .lock import EXIT_BUSY, WorkspaceBusy, workspace_lock
+from .workspace import Workspace, WorkspaceError
+
+USER_ERRORS = (configuration.ConfigError, WorkspaceError, ValueError, FileNotFoundError)
+
+
+def fail(message: str, code: int = 2):
+    click.echo(f"dcpipe: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handled(locked: bool):
+    """Turn known errors into clear messages and exit codes; hold the workspace lock if asked.
+
+    Under torchrun only rank 0 takes the lock: the other ranks are part of the same command.
+    """
+    def decorate(command):
+        @wraps(command)
+        def wrapper(ctx, *args, **kwargs):
+            ws = ctx.obj["ws"]
+            try:
+                if locked and int(os.environ.get("RANK", "0")) == 0:
+                    with workspace_lock(ws.lock_path):
+                        return command(ctx, *args, **kwargs)
+                return command(ctx, *args, **kwargs)
+            except WorkspaceBusy as exc:
+                fail(str(exc), EXIT_BUSY)
+            except USER_ERRORS as exc:
+                fail(str(exc))
+        return click.pass_context(wrapper)
+    return decorate
+
+
+def layered(ctx, section: str, **flags) -> dict:
+    return configuration.override(ctx.obj["ws"].config(), section, flags)
+
+
+def echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=1, default=str))
+
+
+@click.group()
+@click.option("-w", "--workspace", envvar="DCPIPE_WORKSPACE", type=click.Path(file_okay=False),
+              help="Workspace directory (default: the current directory; env DCPIPE_WORKSPACE).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (for cron); errors still print.")
+@click.pass_context
+def main(ctx, workspace, quiet):
+    """DeepCluster as a restartable pipeline: shard -> extract -> cluster -> train, round after round."""
+    ctx.obj = {"ws": Workspace.at(workspace), "progress": not quiet}
+
+
+@main.command()
+@click.pass_context
+def init(ctx):
+    """Write a dcpipe.toml with every default into the workspace."""
+    ws = ctx.obj["ws"]
+    written = ws.init_config()
+    click.echo(f"{'wrote' if written else 'kept existing'} {ws.config_path}")
+
+
+@main.command()
+@click.option("--src", required=True, help="Image folder, CSV/TSV/JSONL/Parquet/text list, or YFCC100M file.")
+@click.option("--format", "fmt", help="Override the format taken from the file (e.g. yfcc100m).")
+@click.option("--url-col", help="Column holding the source (default: a column named url or path).")
+@click.option("--key-col", help="Column holding a key for each sample.")
+@click.option("--image-size", type=int)
+@click.option("--shard-size", type=int)
+@click.option("--workers", type=int)
+@click.option("--dedup/--no-dedup", default=None)
+@click.option("--timeout", type=float)
+@click.option("--max-bytes", type=int)
+@click.option("--node-rank", type=int, default=None, help="This node (default: torchrun's RANK or 0).")
+@click.option("--num-nodes", type=int, default=None, help="Nodes in all (default: WORLD_SIZE or 1).")
+@handled(locked=True)
+def shard(ctx, src, fmt, url_col, key_col, node_rank, num_nodes, **flags):
+    """Turn an image source into WebDataset shards in WS/shards (only rows not yet sharded)."""
+    from dcpipe.stages.shard import shard as run_shard
+
+    ws = ctx.obj["ws"]
+    s = layered(ctx, "shard", **flags)["shard"]
+    stats = run_shard(src, ws.shards_dir, format=fmt, url_col=url_col, key_col=key_col,
+                      node_rank=node_rank, num_nodes=num_nodes, progress=ctx.obj["progress"], **s)
+    echo_json(stats)
+
+
+def round_options(command):
+    command = click.option("--round", "r", type=int, required=True, help="Round number (0 = random init).")(command)
+    command = click.option("--arch", help="small, alexnet or vgg16.")(command)
+    command = click.option("--input-size", type=int)(command)
+    return click.option("--sobel/--no-sobel", default=None)(command)
+
+
+def round_config(ctx, arch, input_size, sobel, section, **flags):
+    config = layered(ctx, "model", arch=arch, input_size=input_size, sobel=sobel)
+    return configuration.override(config, section, flags)
+
+
+@main.command()
+@round_options
+@click.option("--batch-size", type=int)
+@click.option("--workers", type=int)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]))
+@handled(locked=True)
+def extract(ctx, r, arch, input_size, sobel, **flags):
+    """Stream the round's shards through model r-1 into rounds/R/features.zarr."""
+    config = round_config(ctx, arch, input_size, sobel, "extract", **flags)
+    echo_json(rounds.extract_round(ctx.obj["ws"], r, config, ctx.obj["progress"]))
+
+
+@main.command()
+@round_options
+@click.option("--k", type=int, help="Number of clusters.")
+@click.option("--pca-dim", type=int)
+@click.option("--method", type=click.Choice(["kmeans", "pic"]))
+@click.option("--niter", type=int)
+@click.option("--sample-size", type=int, help="Rows the k-means is fitted on.")
+@handled(locked=True)
+def cluster(ctx, r, arch, input_size, sobel, **flags):
+    """Extract if needed, then cluster round R's features into labels."""
+    config = round_config(ctx, arch, input_size, sobel, "cluster", **flags)
+    echo_json(rounds.cluster_round(ctx.obj["ws"], r, config, ctx.obj["progress"]))
+
+
+@main.command()
+@round_options
+@click.option("--lr", type=float)
+@click.option("--batch-size", type=int)
+@click.option("--reassign", type=float, help="Epochs per round.")
+@click.option("--workers", type=int)
+@click.option("--checkpoint-every", type=int)
+@handled(locked=True)
+def train(ctx, r, arch, input_size, sobel, **flags):
+    """Train model R from model R-1 on round R's labels."""
+    config = round_config(ctx, arch, input_size, sobel, "train", **flags)
+    echo_json(rounds.train_round(ctx.obj["ws"], r, config, ctx.obj["progress"]))
+
+
+@main.command()
+@click.option("--rounds", "n_rounds", type=int, required=True, help="Rounds 0..N-1 are made complete.")
+@handled(locked=True)
+def run(ctx, n_rounds):
+    """Do whatever is missing up to round N-1, then exit (call it from cron)."""
+    ws = ctx.obj["ws"]
+    log = click.echo if ctx.obj["progress"] else (lambda *_: None)
+    done = rounds.run(ws, n_rounds, ws.config(), ctx.obj["progress"], log)
+    log(f"{len(done)} step(s) done" if done else f"rounds 0..{n_rounds - 1} were already complete")
+    if ctx.obj["progress"]:
+        click.echo(status.format_text(status.collect(ws)))
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable (keys documented in the README).")
+@handled(locked=False)
+def show_status(ctx, as_json):
+    """Summarise the collection and every round."""
+    result = status.collect(ctx.obj["ws"])
+    echo_json(result) if as_json else click.echo(status.format_text(result))
+
+
+@main.command("demo-data")
+@click.argument("folder", type=click.Path(file_okay=False))
+def demo_data(folder):
+    """Write scikit-learn's digits as an image folder (the default dataset)."""
+    from .demo import write_digits
+
+    click.echo(f"wrote {write_digits(folder)} images to {folder}")
