@@ -172,10 +172,18 @@ def show_status(ctx, as_json):
     echo_json(result) if as_json else click.echo(status.format_text(result))
 
 
-@main.command("demo-data")
-@click.argument("folder", type=click.Path(file_okay=False))
-def demo_data(folder):
-    """Write scikit-learn's digits as an image folder (the default dataset)."""
-    from .demo import write_digits
+@main.command()
+@click.option("--rounds", "n_rounds", type=int, default=5, show_default=True)
+@handled(locked=True)
+def demo(ctx, n_rounds):
+    """The whole pipeline on scikit-learn's digits: data, shards, N rounds, status."""
+    from .demo import prepare_demo
 
-    click.echo(f"wrote {write_digits(folder)} images to {folder}")
+    ws = ctx.obj["ws"]
+    src = prepare_demo(ws)
+    from dcpipe.stages.shard import shard as run_shard
+
+    config = ws.config()
+    run_shard(str(src), ws.shards_dir, progress=ctx.obj["progress"], **config["shard"])
+    rounds.run(ws, n_rounds, config, ctx.obj["progress"], click.echo)
+    click.echo(status.format_text(status.collect(ws)))

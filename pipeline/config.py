@@ -19,7 +19,7 @@ def defaults() -> dict:
     return tomllib.loads(resources.files(__package__).joinpath("defaults.toml").read_text())
 
 
-def _check_and_merge(base: dict, override: dict, where: str) -> dict:
+def merge(base: dict, override: dict, where: str) -> dict:
     merged = dict(base)
     for key, value in override.items():
         if key not in base:
@@ -27,7 +27,7 @@ def _check_and_merge(base: dict, override: dict, where: str) -> dict:
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: [{key}] must be a table")
-            merged[key] = _check_and_merge(base[key], value, f"{where} [{key}]")
+            merged[key] = merge(base[key], value, f"{where} [{key}]")
             continue
         merged[key] = _coerce(base[key], value, f"{where}: {key}")
     return merged
@@ -51,7 +51,7 @@ def load(path: Path) -> dict:
             user = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        config = _check_and_merge(config, user, str(path))
+        config = merge(config, user, str(path))
     return config
 
 
@@ -59,8 +59,8 @@ def override(config: dict, section: str, values: dict) -> dict:
     """`values` (flag name -> value, None = flag not given) layered over `config[section]`."""
     given = {k: v for k, v in values.items() if v is not None}
     if section == "":
-        return _check_and_merge(config, given, "command line")
-    return _check_and_merge(config, {section: given}, "command line")
+        return merge(config, given, "command line")
+    return merge(config, {section: given}, "command line")
 
 
 def dumps(config: dict) -> str:

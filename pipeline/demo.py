@@ -5,12 +5,17 @@ small model's input size, so the demo exercises the same path as any user's imag
 The class folders give NMI against true labels something to mean; training never sees them.
 """
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from . import config as configuration
+
 DEMO_SIZE = 32
+# Settings for 1,797 tiny images: small shards so several exist, over-clustering (k > 10 digits).
+DEMO_SETTINGS = {"shard": {"shard_size": 500}, "cluster": {"k": 50}}
 
 
 def write_digits(root) -> int:
@@ -24,3 +29,17 @@ def write_digits(root) -> int:
         grey = (pixels * (255 / 16)).astype(np.uint8)
         Image.fromarray(grey).resize((DEMO_SIZE, DEMO_SIZE), Image.BICUBIC).save(folder / f"{n:04d}.png")
     return len(digits.images)
+
+
+def prepare_demo(ws) -> Path:
+    """Write the digits folder and a demo config into the workspace unless already there."""
+    src = ws.root / "digits"
+    if not src.exists():
+        tmp = ws.root / ".digits.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_digits(tmp)
+        tmp.rename(src)
+    if not ws.config_path.exists():
+        settings = configuration.merge(configuration.defaults(), DEMO_SETTINGS, "demo")
+        ws.config_path.write_text(configuration.dumps(settings))
+    return src
