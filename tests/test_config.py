@@ -1,0 +1,44 @@
+import pytest
+
+from dcpipe.pipeline import config
+
+
+def test_defaults_cover_every_stage():
+    c = config.defaults()
+    assert set(c) >= {"seed", "shard", "model", "extract", "cluster", "train"}
+    assert c["train"]["lr"] == 0.05 and c["cluster"]["niter"] == 20
+
+
+def test_file_overrides_defaults_and_flags_override_file(tmp_path):
+    path = tmp_path / "dcpipe.toml"
+    path.write_text("seed = 3\n[cluster]\nk = 7\n")
+    c = config.load(path)
+    assert (c["seed"], c["cluster"]["k"], c["cluster"]["pca_dim"]) == (3, 7, 256)
+    c = config.override(c, "cluster", {"k": 9, "pca_dim": None})
+    assert (c["cluster"]["k"], c["cluster"]["pca_dim"]) == (9, 256)
+
+
+def test_int_accepted_where_float_expected(tmp_path):
+    path = tmp_path / "dcpipe.toml"
+    path.write_text("[train]\nlr = 1\n")
+    assert config.load(path)["train"]["lr"] == 1.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[cluster]\nkk = 3\n", "unknown setting 'kk'"),
+    ("[cluster]\nk = 'ten'\n", "k must be int"),
+    ("[model]\nsobel = 1\n", "sobel must be true or false"),
+    ("cluster = 3\n", "[cluster] must be a table"),
+    ("[cluster\n", "not valid TOML"),
+])
+def test_bad_config_names_the_problem(tmp_path, text, message):
+    path = tmp_path / "dcpipe.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config.load(path)
+
+
+def test_dumped_config_loads_back(tmp_path):
+    path = tmp_path / "dcpipe.toml"
+    path.write_text(config.dumps(config.defaults()))
+    assert config.load(path) == config.defaults()
