@@ -48,10 +48,10 @@ def _is_rank_zero() -> bool:
 
 
 def extract_round(ws: Workspace, r: int, config: dict, progress: bool = True) -> dict:
-    from dcpipe.stages.extract import extract
-
     shards = ws.round_shards(r)
     model_path = _previous_model(ws, r)
+    from dcpipe.stages.extract import extract
+
     if _is_rank_zero():
         _record(ws, r, "extract", config)
     e = config["extract"]
@@ -77,11 +77,11 @@ def cluster_round(ws: Workspace, r: int, config: dict, progress: bool = True) ->
 
 
 def train_round(ws: Workspace, r: int, config: dict, progress: bool = True) -> dict:
-    from dcpipe.stages.train import train
-
     if not ws.step_done(r, "cluster"):
         raise WorkspaceError(f"round {r} has no labels: run `dcpipe cluster --round {r}` first")
     model_path = _previous_model(ws, r)
+    from dcpipe.stages.train import train
+
     if _is_rank_zero():
         _record(ws, r, "train", config)
     t = config["train"]
