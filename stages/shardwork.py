@@ -1,0 +1,113 @@
+"""The worker side of the shard stage: one planned shard's rows -> processed samples or rejects.
+
+`process_shard` is a plain top-level function of picklable arguments, so it runs the same in
+the main process (workers=1) and in a process pool. It writes nothing: the main process writes
+the shard in order (see `stages.shard`), which keeps de-duplication deterministic.
+"""
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from dcpipe.shards.naming import make_key, sanitize_key
+
+from .fetch import FetchError, fetch
+from .imageproc import ImageRejected, Limits, process_image
+from .sources import Row
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    timeout: float
+    max_bytes: int
+
+
+@dataclass
+class ShardTask:
+    index: int
+    row_start: int
+    row_end: int
+    rows: list[Row]
+    limits: Limits
+    fetch: FetchOptions
+
+
+@dataclass
+class Outcome:
+    """One row's result: a sample (`jpeg` and `meta`) or a reject (`reason`)."""
+
+    row: int
+    source: str | None
+    key: str | None
+    jpeg: bytes | None = None
+    meta: dict | None = None
+    reason: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class ShardResult:
+    index: int
+    outcomes: list[Outcome]
+    timings: dict = field(default_factory=dict)
+
+
+def sample_key(task: ShardTask, row: Row) -> str:
+    """The row's key: from the key column (made safe) or shard index + row within the shard."""
+    if row.key is not None:
+        return sanitize_key(row.key)
+    return make_key(task.index, row.row - task.row_start)
+
+
+def _sample_meta(row: Row, key: str, p) -> dict:
+    meta = {"key": key, "source": row.source, "row": row.row, "width": p.width,
+            "height": p.height, "original_width": p.original_width,
+            "original_height": p.original_height, "original_format": p.original_format,
+            "sha256": p.sha256}
+    if row.label is not None:
+        meta["label"] = row.label
+    if row.meta:
+        meta["meta"] = row.meta
+    return meta
+
+
+def process_row(task: ShardTask, row: Row, clock: dict) -> Outcome:
+    if row.reject:
+        return Outcome(row.row, row.source, None, reason=row.reject)
+    try:
+        key = sample_key(task, row)
+    except ValueError as exc:
+        return Outcome(row.row, row.source, None, reason="bad_key", detail=str(exc))
+    try:
+        t0 = time.perf_counter()
+        data = fetch(row.source, timeout=task.fetch.timeout, max_bytes=task.fetch.max_bytes)
+        t1 = time.perf_counter()
+        clock["fetch_s"] += t1 - t0
+        processed = process_image(data, task.limits)
+        clock["process_s"] += time.perf_counter() - t1
+    except (FetchError, ImageRejected) as exc:
+        return Outcome(row.row, row.source, key, reason=exc.reason, detail=str(exc))
+    except Exception as exc:  # one odd file must not take the shard down: record it instead
+        return Outcome(row.row, row.source, key, reason="internal_error", detail=repr(exc))
+    return Outcome(row.row, row.source, key, processed.jpeg, _sample_meta(row, key, processed))
+
+
+def process_shard(task: ShardTask) -> ShardResult:
+    clock = {"fetch_s": 0.0, "process_s": 0.0}
+    start = time.perf_counter()
+    outcomes = [process_row(task, row, clock) for row in task.rows]
+    clock["worker_s"] = time.perf_counter() - start
+    return ShardResult(task.index, outcomes, {k: round(v, 3) for k, v in clock.items()})
+
+
+def exit_with_parent() -> None:
+    """Pool initializer: a worker whose main process was killed (kill -9) exits by itself."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
