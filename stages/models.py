@@ -1,0 +1,294 @@
+"""Model registry: Sobel front-end, AlexNet-BN, VGG-16-BN and a small-image net (DeepCluster).
+
+Every network is the same shape: optional frozen Sobel front-end -> conv-BN-ReLU stack with pools
+-> two fc layers (the classifier, ending in ReLU) -> a separate top layer that each round
+replaces. The clustering feature (`embed`) is the classifier output before its final ReLU.
+
+Checkpoints (`save_model` / `load_model`): one `.pt` holding `{"state_dict": ..., "meta": ...}`
+where meta is plain JSON types, loaded with `torch.load(weights_only=True)` (never unpickles
+arbitrary objects); a sibling `.json` with the same meta is written after it, for people and
+tools, and marks the checkpoint complete. The model is rebuilt from the `.pt` alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import transforms
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECKPOINT_FORMAT = "dcpipe.model/1"
+CENTER_CROP_RATIO = 224 / 256  # the paper's Resize(256) + CenterCrop(224)
+
+
+# ---------------------------------------------------------------- architecture specs
+# A layer is ("conv", out_channels, kernel, stride, padding), ("pool", kernel, stride) or
+# ("adapool", output_size): the last one makes the fc input independent of the image size.
+def _conv(out, k=3, stride=1, pad=1):
+    return ("conv", out, k, stride, pad)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    layers: tuple
+    fc_dim: int
+    default_size: int
+    dropout_first: bool  # AlexNet: Dropout before each fc; VGG: only between the two fc layers
+
+
+def _alexnet(width: None) -> ArchSpec:
+    pool = ("pool", 3, 2)
+    layers = (_conv(96, 11, 4, 2), pool, _conv(256, 5, 1, 2), pool,
+              _conv(384), _conv(384), _conv(256), pool)
+    return ArchSpec(layers, 4096, 224, dropout_first=True)
+
+
+def _vgg16(width: None) -> ArchSpec:
+    pool = ("pool", 2, 2)
+    layers = []
+    for channels, repeats in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+        layers += [_conv(channels)] * repeats + [pool]
+    return ArchSpec(tuple(layers), 4096, 224, dropout_first=False)
+
+
+def _small(width: int) -> ArchSpec:
+    """AlexNet's pattern (5 convs, pools after conv1, conv2, conv5) for 32-96 px images."""
+    w = width
+    pool = ("pool", 2, 2)
+    layers = (_conv(w), pool, _conv(2 * w), pool, _conv(4 * w), _conv(4 * w), _conv(2 * w),
+              ("adapool", 4))
+    return ArchSpec(layers, 16 * w, 32, dropout_first=True)
+
+
+ARCHS = {"alexnet": _alexnet, "vgg16": _vgg16, "small": _small}
+DEFAULT_WIDTH = {"small": 64}  # architectures whose width can be chosen
+
+
+# ---------------------------------------------------------------- layers
+def make_sobel() -> nn.Sequential:
+    """Fixed front-end: RGB -> grey (1x1 conv, weights 1/3) -> Sobel x and y (3x3). Frozen."""
+    grey = nn.Conv2d(3, 1, kernel_size=1)
+    sobel = nn.Conv2d(1, 2, kernel_size=3, padding=1)
+    with torch.no_grad():
+        grey.weight.fill_(1.0 / 3.0)
+        grey.bias.zero_()
+        sobel.weight[0, 0] = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]])
+        sobel.weight[1, 0] = torch.tensor([[1.0, 2, 1], [0, 0, 0], [-1, -2, -1]])
+        sobel.bias.zero_()
+    front = nn.Sequential(grey, sobel)
+    for p in front.parameters():
+        p.requires_grad = False
+    return front
+
+
+def _make_features(layers, in_channels: int) -> tuple[nn.Sequential, list[int]]:
+    """The conv stack; each conv block is Sequential(conv, BN, ReLU). Returns block indices."""
+    modules, conv_idx = [], []
+    for layer in layers:
+        if layer[0] == "conv":
+            _, out, k, stride, pad = layer
+            conv_idx.append(len(modules))
+            modules.append(nn.Sequential(
+                nn.Conv2d(in_channels, out, kernel_size=k, stride=stride, padding=pad),
+                nn.BatchNorm2d(out), nn.ReLU(inplace=True)))
+            in_channels = out
+        elif layer[0] == "pool":
+            modules.append(nn.MaxPool2d(kernel_size=layer[1], stride=layer[2]))
+        else:
+            modules.append(nn.AdaptiveMaxPool2d(layer[1]))
+    return nn.Sequential(*modules), conv_idx
+
+
+def _flat_dim(layers, size: int) -> int:
+    """Flattened size of the conv stack output for a square input of `size` pixels."""
+    channels = None
+    for layer in layers:
+        if layer[0] == "conv":
+            _, channels, k, stride, pad = layer
+            size = (size + 2 * pad - k) // stride + 1
+        elif layer[0] == "pool":
+            size = (size - layer[1]) // layer[2] + 1
+        else:
+            size = layer[1]
+        if size < 1:
+            raise ValueError("input too small for this architecture")
+    return channels * size * size
+
+
+def _make_classifier(flat: int, fc: int, dropout_first: bool) -> nn.Sequential:
+    if dropout_first:
+        layers = [nn.Dropout(0.5), nn.Linear(flat, fc), nn.ReLU(inplace=True),
+                  nn.Dropout(0.5), nn.Linear(fc, fc), nn.ReLU(inplace=True)]
+    else:
+        layers = [nn.Linear(flat, fc), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                  nn.Linear(fc, fc), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def _new_linear(fan_in: int, fan_out: int, generator) -> nn.Linear:
+    layer = nn.Linear(fan_in, fan_out)
+    _init_module(layer, generator)
+    return layer
+
+
+def _init_module(m: nn.Module, generator) -> None:
+    """Reference init: conv N(0, sqrt(2/n)), n = kh*kw*out; BN 1/0; linear N(0, 0.01); biases 0."""
+    with torch.no_grad():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            m.weight.normal_(0.0, math.sqrt(2.0 / n), generator=generator)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.fill_(1.0)
+        elif isinstance(m, nn.Linear):
+            m.weight.normal_(0.0, 0.01, generator=generator)
+        else:
+            return
+        if m.bias is not None:
+            m.bias.zero_()
+
+
+# ---------------------------------------------------------------- the network
+class DeepClusterNet(nn.Module):
+    """Sobel (optional) -> features -> classifier -> top. Build it with `build_model`."""
+
+    def __init__(self, arch: str, *, sobel: bool, input_size: int, num_classes: int | None,
+                 width: int | None, generator: torch.Generator | None):
+        super().__init__()
+        spec = ARCHS[arch](width)
+        self.config = {"arch": arch, "sobel": sobel, "input_size": input_size,
+                       "width": width, "feature_dim": spec.fc_dim, "top_k": None}
+        self.features, self._conv_idx = _make_features(spec.layers, 2 if sobel else 3)
+        flat = _flat_dim(spec.layers, input_size)
+        self.classifier = _make_classifier(flat, spec.fc_dim, spec.dropout_first)
+        for m in self.modules():
+            _init_module(m, generator)
+        self.sobel = make_sobel() if sobel else None
+        self.top = None
+        if num_classes is not None:
+            self.replace_top(num_classes, generator)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config["feature_dim"]
+
+    def replace_top(self, k: int, generator: torch.Generator | None = None) -> nn.Linear:
+        """A fresh top layer Linear(feature_dim, k), N(0, 0.01) weights, zero bias."""
+        ref = self.classifier[-2].weight
+        self.top = _new_linear(self.feature_dim, k, generator).to(ref.device, ref.dtype)
+        self.config["top_k"] = k
+        return self.top
+
+    def body_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters below the top layer (the frozen Sobel is excluded)."""
+        return [p for name, p in self.named_parameters()
+                if p.requires_grad and not name.startswith("top.")]
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sobel is not None:
+            x = self.sobel(x)
+        return torch.flatten(self.features(x), 1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate fc output before its final ReLU: the clustering feature."""
+        return self.classifier[:-1](self._trunk(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.top is None:
+            raise RuntimeError("model has no top layer: call replace_top(k) first")
+        return self.top(self.classifier(self._trunk(x)))
+
+    def conv_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Output of every conv block (after its ReLU), for per-layer linear probes."""
+        if self.sobel is not None:
+            x = self.sobel(x)
+        outputs = []
+        for i, module in enumerate(self.features):
+            x = module(x)
+            if i in self._conv_idx:
+                outputs.append(x)
+        return outputs
+
+
+def build_model(arch: str, *, sobel: bool = True, input_size: int | None = None,
+                num_classes: int | None = None, seed: int | None = None,
+                width: int | None = None) -> DeepClusterNet:
+    """A freshly initialised network; `seed` makes the init reproducible (global RNG untouched).
+
+    `width` (small only) is the first conv's channel count (default 64: convs 64-128-256-256-128,
+    fc 1024). `num_classes=None` leaves no top layer (enough for `embed`).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}: choose from {sorted(ARCHS)}")
+    if width is not None and arch not in DEFAULT_WIDTH:
+        raise ValueError(f"width applies to {sorted(DEFAULT_WIDTH)} only, not {arch!r}")
+    width = width or DEFAULT_WIDTH.get(arch)
+    size = input_size or ARCHS[arch](width).default_size
+    if seed is None:
+        generator, rng_guard = None, contextlib.nullcontext()
+    else:  # layer constructors draw from the global RNG: seeded builds leave it untouched
+        generator, rng_guard = torch.Generator().manual_seed(seed), torch.random.fork_rng([])
+    with rng_guard:
+        return DeepClusterNet(arch, sobel=sobel, input_size=size, num_classes=num_classes,
+                              width=width, generator=generator)
+
+
+# ---------------------------------------------------------------- checkpoints
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model(path, model: DeepClusterNet, meta: dict | None = None) -> dict:
+    """Write `path` (.pt: state dict + meta) then `path.with_suffix('.json')` (meta). Atomic.
+
+    `meta` holds caller fields (e.g. round); the model's own config overrides clashing keys.
+    Returns the full meta.
+    """
+    path = Path(path)
+    full = {**(meta or {}), **model.config, "format": CHECKPOINT_FORMAT}
+    text = json.dumps(full, indent=2, sort_keys=True)  # also proves meta is plain JSON
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(path, lambda f: torch.save({"state_dict": state, "meta": full}, f))
+    _atomic_write(path.with_suffix(".json"), lambda f: f.write(text.encode() + b"\n"))
+    return full
+
+
+def load_model(path, map_location="cpu") -> tuple[DeepClusterNet, dict]:
+    """Rebuild a saved model from its .pt alone (weights_only load). Returned in eval mode."""
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(blob, dict) or blob.get("meta", {}).get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a dcpipe model checkpoint")
+    meta = blob["meta"]
+    model = build_model(meta["arch"], sobel=meta["sobel"], input_size=meta["input_size"],
+                        num_classes=meta["top_k"], width=meta["width"])
+    model.load_state_dict(blob["state_dict"], strict=True)
+    return model.eval(), meta
+
+
+# ---------------------------------------------------------------- transforms
+def _normalize():
+    return [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def eval_transform(input_size: int, crop_ratio: float = CENTER_CROP_RATIO):
+    """Central crop as the paper: Resize(256)+CenterCrop(224) at 224, same ratio at other sizes."""
+    resize = round(input_size / crop_ratio)
+    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(input_size),
+                               *_normalize()])
+
+
+def train_transform(input_size: int, scale: tuple[float, float] = (0.08, 1.0)):
+    """The paper's augmentation: RandomResizedCrop + horizontal flip."""
+    return transforms.Compose([transforms.RandomResizedCrop(input_size, scale=scale),
+                               transforms.RandomHorizontalFlip(), *_normalize()])
