@@ -1,0 +1,103 @@
+"""A real HTTP server on 127.0.0.1 (in a thread) serving images and misbehaving on purpose.
+
+Routes: `/f/<name>` serves `server.files[name]` as image/jpeg (HTML too: a web page served as
+an image); `/status/<code>`; `/redirect?to=<url>` (302); `/slow` (drips a byte every 0.2 s);
+`/reset` (closes the connection with a TCP reset); `/endless` (a body with no end, capped here
+at 64 MiB so the test server always stops); `/announced-huge` (Content-Length of 1 TB).
+Every loop is bounded in count and time.
+"""
+
+import os
+import socket
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+DRIP_BYTES = 200
+ENDLESS_CAP = 64 << 20
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _head(self, status, length=None, ctype="image/jpeg", extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        for name, value in extra:
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def do_GET(self):
+        parts = urlsplit(self.path)
+        route, _, arg = parts.path.lstrip("/").partition("/")
+        handler = getattr(self, f"_route_{route.replace('-', '_')}", None)
+        try:
+            if handler is None:
+                self._head(404, 0)
+            else:
+                handler(arg, parse_qs(parts.query))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as it should on hostile routes
+
+    def _route_f(self, name, _):
+        data = self.server.files.get(name)
+        if data is None:
+            return self._head(404, 0)
+        self._head(200, len(data))
+        self.wfile.write(data)
+
+    def _route_status(self, code, _):
+        self._head(int(code), 0)
+
+    def _route_redirect(self, _, query):
+        self._head(302, 0, extra=[("Location", query["to"][0])])
+
+    def _route_slow(self, *_):
+        self._head(200, DRIP_BYTES)
+        for _ in range(DRIP_BYTES):
+            self.wfile.write(b"\xff")
+            self.wfile.flush()
+            time.sleep(0.2)
+
+    def _route_reset(self, *_):
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        os.close(self.connection.detach())  # the last close with linger 0 sends a TCP RST
+        self.close_connection = True
+
+    def _route_endless(self, *_):
+        self._head(200)
+        chunk = b"\xff\xd8" + b"\0" * 65534
+        for _ in range(ENDLESS_CAP // len(chunk)):
+            self.wfile.write(chunk)
+
+    def _route_announced_huge(self, *_):
+        self._head(200, 10**12)
+        self.wfile.write(b"\xff\xd8")
+
+
+class ImageServer:
+    def __init__(self):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.files = {}
+        self.files = self.httpd.files
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{path.lstrip('/')}"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
