@@ -33,7 +33,7 @@ _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 class FetchError(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 def fetch(source: str, *, timeout: float = DEFAULT_TIMEOUT,

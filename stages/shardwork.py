@@ -87,7 +87,7 @@ def process_row(task: ShardTask, row: Row, clock: dict) -> Outcome:
         processed = process_image(data, task.limits)
         clock["process_s"] += time.perf_counter() - t1
     except (FetchError, ImageRejected) as exc:
-        return Outcome(row.row, row.source, key, reason=exc.reason, detail=str(exc))
+        return Outcome(row.row, row.source, key, reason=exc.reason, detail=exc.detail)
     except Exception as exc:  # one odd file must not take the shard down: record it instead
         return Outcome(row.row, row.source, key, reason="internal_error", detail=repr(exc))
     return Outcome(row.row, row.source, key, processed.jpeg, _sample_meta(row, key, processed))

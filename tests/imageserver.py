@@ -1,7 +1,7 @@
 """A real HTTP server on 127.0.0.1 (in a thread) serving images and misbehaving on purpose.
 
 Routes: `/f/<name>` serves `server.files[name]` as image/jpeg (HTML too: a web page served as
-an image); `/status/<code>`; `/redirect?to=<url>` (302); `/slow` (drips a byte every 0.2 s);
+an image); `/delay/<name>` (the same, 0.05 s late); `/status/<code>`; `/redirect?to=<url>` (302); `/slow` (drips a byte every 0.2 s);
 `/reset` (closes the connection with a TCP reset); `/endless` (a body with no end, capped here
 at 64 MiB so the test server always stops); `/announced-huge` (Content-Length of 1 TB).
 Every loop is bounded in count and time.
@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 DRIP_BYTES = 200
 ENDLESS_CAP = 64 << 20
+DELAY_S = 0.05
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -53,6 +54,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._head(404, 0)
         self._head(200, len(data))
         self.wfile.write(data)
+
+    def _route_delay(self, name, _):
+        time.sleep(DELAY_S)
+        self._route_f(name, None)
 
     def _route_status(self, code, _):
         self._head(int(code), 0)
