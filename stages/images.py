@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 from PIL import Image
 
@@ -19,7 +20,9 @@ def open_rgb(data: bytes, draft_size: int | None = None) -> Image.Image:
     `draft_size` lets JPEG decode at a reduced scale whose short side stays >= draft_size.
     """
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # Pillow warns past MAX_PIXELS; we reject just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > MAX_PIXELS:
             raise BadImage(f"image too large: {width}x{height} pixels")
