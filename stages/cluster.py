@@ -1,0 +1,178 @@
+"""The cluster stage: feature store -> PCA-whitened k-means (or PIC) -> label shard index.
+
+    cluster(store, out_dir, k=..., seed=...) writes into out_dir (a round directory):
+      pca.npz        mean, matrix (d x D: eigenvectors scaled by eigenvalue^-0.5), eigenvalues
+      centroids.npy  (k, d) float32, after the empty-cluster fix
+      labels/        the label shard index (stages/labels.py), renamed into place complete
+      clusters.json  the record (keys in docs/cluster.md), written last: the stage's commit
+
+Memory: a bounded sample (sample_size x d float32) for PCA and k-means, k x d centroids, one
+or two read blocks, and per-row arrays of a few bytes (valid, labels, true labels for the
+evaluation). Never N x D. Everything is seeded: the same store and seed give the same labels,
+also after a run killed at any point is started again.
+"""
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from dcpipe.shards.atomic import atomic_write_json
+
+from . import kmeans, storepasses
+from .clusterrecord import PreviousRound, size_summary, true_label_scores
+from .labels import load_labels, label_lookup, save_npy, write_labels  # noqa: F401 (re-exported)
+from .pic import pic
+from .sampling import RowSample
+from .storeread import block_rows, open_complete, read_keys, read_true_labels, read_valid, shard_names
+
+log = logging.getLogger(__name__)
+
+METHODS = ("kmeans", "pic")
+# Default sample: faiss's own cap of 256 points per centroid, all points when fewer, and never
+# more than this many bytes of projected float32 features.
+POINTS_PER_CENTROID = 256
+SAMPLE_BYTES = 2 << 30
+# PIC's k-NN graph costs sample^2 x d: its default sample is smaller.
+PIC_SAMPLE = 50_000
+
+
+def sample_size_for(requested: int | None, k: int, n_valid: int, dim: int, method: str) -> int:
+    if requested is None:
+        cap = PIC_SAMPLE if method == "pic" else min(POINTS_PER_CENTROID * k, SAMPLE_BYTES // (4 * dim))
+        return min(n_valid, max(cap, k))
+    if requested < 1:
+        raise ValueError(f"sample_size must be positive, got {requested}")
+    size = min(requested, n_valid)
+    if method == "kmeans" and size < k:
+        raise ValueError(f"sample_size={requested} is smaller than k={k}: k-means needs at least k points")
+    return size
+
+
+def _check(k: int, n_valid: int, method: str, niter: int, pca_dim: int) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if k < 1 or niter < 1 or pca_dim < 1:
+        raise ValueError(f"k, niter and pca_dim must be positive (k={k}, niter={niter}, pca_dim={pca_dim})")
+    if method == "kmeans" and k > n_valid:
+        raise ValueError(f"k={k} clusters but the feature store has only N={n_valid} valid samples: "
+                         f"choose k <= {n_valid}")
+
+
+class Timer(dict):
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        yield
+        self[phase] = round(time.perf_counter() - start, 3)
+
+
+def _round_from(out_dir: Path) -> int | None:
+    return int(out_dir.name) if out_dir.name.isdigit() else None
+
+
+def cluster(store_path, out_dir, *, k: int, seed: int, pca_dim: int = 256, method: str = "kmeans",
+            niter: int = 20, sample_size: int | None = None, prev_labels_dir=None,
+            chunk_rows: int | None = None, use_gpu="auto", progress: bool = True,
+            round_index: int | None = None) -> dict:
+    """Cluster every valid row of the store; write pca.npz, centroids.npy, labels/, clusters.json.
+
+    seed drives the sample, faiss and the empty-cluster fix. sample_size: rows PCA and k-means
+    are fitted on (None: min(N, 256 k, 2 GiB of projected features); PIC: min(N, 50,000)).
+    chunk_rows: rows per read block (rounded to whole store chunks; None: ~32 MB). PIC takes
+    its number of clusters from the graph and ignores k. Returns the clusters.json record.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "clusters.json").unlink(missing_ok=True)  # the stage counts done only when rewritten
+    store = open_complete(store_path)
+    valid = read_valid(store)
+    n_valid = int(valid.sum())
+    _check(k, n_valid, method, niter, pca_dim)
+    d = min(pca_dim, store.dim)
+    sample = RowSample(valid, store.chunk_rows, sample_size_for(sample_size, k, n_valid, d, method), seed)
+    block = block_rows(store, chunk_rows)
+    ngpu = kmeans.gpu_count(use_gpu)
+    timer = Timer()
+    with timer("pca"):
+        pca = storepasses.fit_pca(store, sample, block, d, progress)
+    with timer("sample"):
+        x = storepasses.project_sample(store, sample, block, pca, progress)
+    fit = _kmeans if method == "kmeans" else _pic
+    labels, centroids, record = fit(store, valid, sample, x, pca, block, k, niter, seed, ngpu, progress, timer)
+    del x
+    record.update(true_label_scores(labels, read_true_labels(store)))
+    with timer("write"):
+        pca.save(out_dir / "pca.npz")
+        save_npy(out_dir / "centroids.npy", centroids)
+        meta = {"k": len(centroids), "round": round_index if round_index is not None else _round_from(out_dir),
+                "method": method, "seed": seed}
+        prev = PreviousRound(prev_labels_dir)
+        write_labels(out_dir, _shard_labels(store, labels, prev), meta)
+    record.update(prev.scores())
+    record.update(meta, k_requested=k, niter=niter, pca_dim=d, feature_dim=store.dim,
+                  eigen_power=-0.5, n_rows=store.n_rows, n_samples=n_valid,
+                  n_failed=int(store.shard_count.sum()) - n_valid, sample_size=sample.size,
+                  sample_is_everything=bool(sample.everything), block_rows=block,
+                  device=f"gpu x{ngpu}" if ngpu else "cpu", faiss_version=faiss.__version__,
+                  store=str(store.path), timings=dict(timer),
+                  seconds=round(time.perf_counter() - started, 3))
+    atomic_write_json(out_dir / "clusters.json", record)
+    return record
+
+
+def _shard_labels(store, labels: np.ndarray, prev: PreviousRound):
+    """(name, keys, labels) per shard, in the shard's tar order, feeding the previous-round match."""
+    for s, name in enumerate(shard_names(store)):
+        first = store.shard_offset[s]
+        keys = read_keys(store, s)
+        mine = labels[first:first + store.shard_count[s]]
+        prev.add(name, keys, mine)
+        yield name, keys, mine
+
+
+def _kmeans(store, valid, sample, x, pca, block, k, niter, seed, ngpu, progress, timer):
+    with timer("train"):
+        centroids, iterations = kmeans.train_kmeans(x, k, niter, seed % 2 ** 31, ngpu)
+    index = kmeans.flat_index(centroids, ngpu)
+    with timer("assign"):
+        labels, dist_sum = storepasses.assign_all(store, valid, block, pca,
+                                                  lambda rows: kmeans.nearest(index, rows), progress)
+    with timer("fix_empty"):
+        fix = kmeans.fill_empty_clusters(labels, centroids, seed,
+                                         storepasses.row_stream(store, block, pca, progress))
+    n = int(valid.sum())
+    sizes = np.bincount(labels[labels >= 0], minlength=k)
+    return labels, centroids, {
+        "objective": [it["obj_mean"] for it in iterations], "iterations": iterations,
+        "objective_final": (dist_sum + fix.objective_change) / n,
+        "sizes": size_summary(sizes), "empty_before_fix": fix.empty_before,
+        "empty_fix": {"splits": fix.splits, "passes": fix.passes}}
+
+
+def _pic(store, valid, sample, x, pca, block, k, niter, seed, ngpu, progress, timer):
+    """PIC on the sample; every other row takes the cluster of its nearest sampled row."""
+    with timer("train"):
+        sample_labels = pic(x, ngpu)
+    index = kmeans.flat_index(x, ngpu)
+
+    def nearest_sampled(rows):
+        at, dist = kmeans.nearest(index, rows)
+        return sample_labels[at], dist
+
+    with timer("assign"):
+        labels, _ = storepasses.assign_all(store, valid, block, pca, nearest_sampled, progress)
+    for rows, first in sample.by_chunk():  # a sampled row keeps its own label, even among duplicates
+        labels[rows] = sample_labels[first:first + len(rows)]
+    n_clusters = int(sample_labels.max()) + 1
+    centroids = np.zeros((n_clusters, x.shape[1]), dtype=np.float32)
+    np.add.at(centroids, sample_labels, x)
+    centroids /= np.bincount(sample_labels, minlength=n_clusters)[:, None]
+    sizes = np.bincount(labels[labels >= 0], minlength=n_clusters)
+    return labels, centroids, {"objective": [], "iterations": [], "objective_final": None,
+                               "sizes": size_summary(sizes), "empty_before_fix": 0,
+                               "empty_fix": {"splits": 0, "passes": 0}}

@@ -1,0 +1,82 @@
+"""The streaming passes of the cluster stage: each reads the store block by block.
+
+1. PCA statistics over the sampled rows;  2. the sampled rows, projected (the only O(sample)
+array);  3. every valid row, assigned;  4. (only with empty clusters) the rows of the clusters
+being split. Blocks without a row a pass needs are not read.
+"""
+
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from .pca import CovarianceAccumulator, WhiteningPCA, fit_whitening
+from .sampling import RowSample
+from .featurestore import FeatureStore
+from .storeread import StoreError, iter_blocks
+
+# assign(x) -> (int32 label per row of x, float32 squared distance to what it was assigned to)
+Assigner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _blocks(store: FeatureStore, block: int, wanted, desc: str, progress: bool):
+    total = int(np.sum(wanted)) if wanted is not None else -(-store.n_rows // block)
+    with tqdm(total=total, desc=desc, unit="block", disable=not progress, leave=False) as bar:
+        for start, feats in iter_blocks(store, block, wanted):
+            yield start, feats
+            bar.update()
+
+
+def finite(x: np.ndarray, first_row: int) -> np.ndarray:
+    """x itself; a NaN or inf among valid rows would silently become label -1 in faiss."""
+    if not np.isfinite(x).all():
+        raise StoreError(f"non-finite features among valid rows of the block at row {first_row}")
+    return x
+
+
+def project(pca: WhiteningPCA, feats: np.ndarray, first_row: int) -> np.ndarray:
+    return finite(pca.apply(feats), first_row)
+
+
+def fit_pca(store: FeatureStore, sample: RowSample, block: int, out_dim: int, progress: bool) -> WhiteningPCA:
+    acc = CovarianceAccumulator(store.dim)
+    for start, feats in _blocks(store, block, sample.wanted_blocks(block), "pca", progress):
+        rows = sample.rows_in(start, start + block)
+        acc.add(finite(feats[rows - start], start))
+    return fit_whitening(acc, out_dim)
+
+
+def project_sample(store: FeatureStore, sample: RowSample, block: int, pca: WhiteningPCA,
+                   progress: bool) -> np.ndarray:
+    """(sample size, d) float32: the sampled rows in row order, projected and normalised."""
+    x = np.empty((sample.size, pca.out_dim), dtype=np.float32)
+    for start, feats in _blocks(store, block, sample.wanted_blocks(block), "sample", progress):
+        rows = sample.rows_in(start, start + block)
+        first = sample.position(start)
+        x[first:first + len(rows)] = project(pca, feats[rows - start], start)
+    return x
+
+
+def assign_all(store: FeatureStore, valid: np.ndarray, block: int, pca: WhiteningPCA,
+               assign: Assigner, progress: bool) -> tuple[np.ndarray, float]:
+    """int32 label per store row (-1 where not valid) and the summed squared distances."""
+    labels = np.full(store.n_rows, -1, dtype=np.int32)
+    total = 0.0
+    for start, feats in _blocks(store, block, None, "assign", progress):
+        keep = valid[start:start + len(feats)].astype(bool)
+        if keep.any():
+            found, dist = assign(project(pca, feats[keep], start))
+            labels[start + np.flatnonzero(keep)] = found
+            total += float(dist.sum(dtype=np.float64))
+    return labels, total
+
+
+def row_stream(store: FeatureStore, block: int, pca: WhiteningPCA, progress: bool):
+    """stream(rows): projected features of the given sorted rows, reading only their blocks."""
+    def stream(rows: np.ndarray):
+        wanted = np.zeros(-(-store.n_rows // block), dtype=bool)
+        wanted[np.unique(rows // block)] = True
+        for start, feats in _blocks(store, block, wanted, "split", progress):
+            part = rows[np.searchsorted(rows, start):np.searchsorted(rows, start + block)]
+            yield part, project(pca, feats[part - start], start)
+    return stream
