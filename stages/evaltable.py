@@ -1,0 +1,60 @@
+"""The results of `evaluate` as rows of (protocol, measure, value), and as text tables."""
+
+METRIC_NAMES = (("nmi", "NMI"), ("ari", "ARI"), ("acc", "ACC (Hungarian)"))
+
+
+def result_rows(result: dict) -> list[tuple[str, str, float]]:
+    """(protocol, measure, value) rows in a fixed order; protocols not run are absent."""
+    rows = [("linear", f"{layer} top-1 ({probe['dims']} d)", probe["top1"])
+            for layer, probe in result.get("linear", {}).items()]
+    if "knn" in result:
+        rows.append(("knn", f"top-1 (k={result['knn']['k']})", result["knn"]["top1"]))
+    if "kmeans" in result:
+        km = result["kmeans"]
+        rows += [("kmeans", f"{label} (k={km['k']})", km[key]) for key, label in METRIC_NAMES]
+    if "retrieval" in result:
+        rows.append(("retrieval", "mAP (R-MAC)", result["retrieval"]["map"]))
+    return rows
+
+
+def model_label(result: dict) -> str:
+    model = result.get("model", {})
+    if model.get("random_init"):
+        return f"random init (seed {model.get('seed')})"
+    return f"round {model['round']}" if model.get("round") is not None else "trained"
+
+
+def _render(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def _footer(result: dict) -> str:
+    test = result.get("test", {})
+    train = result.get("train", {})
+    parts = [f"train {train['images']} images" if train else "",
+             f"test {test['images']} images" if test else "",
+             f"{result['classes']} classes" if "classes" in result else ""]
+    seconds = sum(result.get("seconds", {}).values())
+    return ", ".join(p for p in parts if p) + f"; {seconds:.0f} s"
+
+
+def format_table(result: dict) -> str:
+    rows = [[p, m, f"{v:.3f}"] for p, m, v in result_rows(result)]
+    table = _render(["protocol", "measure", model_label(result)], rows)
+    return f"{table}\n({_footer(result)})"
+
+
+def format_comparison(trained: dict, baseline: dict) -> str:
+    """Two results side by side (e.g. a round's model and the random init), with the gain."""
+    base = {(p, m): v for p, m, v in result_rows(baseline)}
+    rows = []
+    for protocol, measure, value in result_rows(trained):
+        other = base.get((protocol, measure))
+        rows.append([protocol, measure, f"{value:.3f}",
+                     "-" if other is None else f"{other:.3f}",
+                     "-" if other is None else f"{value - other:+.3f}"])
+    header = ["protocol", "measure", model_label(trained), model_label(baseline), "gain"]
+    return f"{_render(header, rows)}\n({_footer(trained)})"
