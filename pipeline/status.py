@@ -20,14 +20,11 @@ TRAIN_KEYS = ("steps", "samples", "final_loss", "images_per_second", "seconds")
 def _shards_summary(ws: Workspace) -> dict:
     entries = load_manifest(ws.shards_dir)["shards"]
     rejects = Counter()
-    rows = written = 0
     for entry in entries:
-        stats = read_json(ws.shards_dir / f"{entry['name']}.json", {})
-        rows += stats.get("rows", entry["n_samples"])
-        written += entry["n_samples"]
-        rejects.update(stats.get("rejects_by_reason", {}))
-    return {"shards": len(entries), "rows": rows, "samples": written,
-            "rejected": sum(rejects.values()), "rejects_by_reason": dict(sorted(rejects.items())),
+        rejects.update(entry.get("rejects", {}))
+    return {"shards": len(entries), "rows": sum(e.get("rows", e["n_samples"]) for e in entries),
+            "samples": sum(e["n_samples"] for e in entries), "rejected": sum(rejects.values()),
+            "rejects_by_reason": dict(sorted(rejects.items())),
             "bytes": sum(e["bytes"] for e in entries)}
 
 

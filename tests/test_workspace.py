@@ -16,7 +16,8 @@ def add_shard(shards_dir, index, n=2):
     writer = ShardWriter(shards_dir, index)
     for row in range(n):
         writer.add(make_key(index, row), buf.getvalue(), {})
-    add_entry(shards_dir, writer.commit({"rows": n + 1, "rejects_by_reason": {"http_404": 1}}))
+    summary = {"rows": n + 1, "rejects": {"http_404": 1}}
+    add_entry(shards_dir, writer.commit(summary, [{"row": n, "reason": "http_404"}], summary))
 
 
 def test_workspace_comes_from_flag_or_environment(tmp_path, monkeypatch):
