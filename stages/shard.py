@@ -6,9 +6,10 @@
    shards of `shard_size` consecutive rows, recorded in plan.json before any work. A folder
    first appends its new files to its listing (`stages.folders`): rows of a folder are numbered
    by first appearance, so files added later only ever become new rows, never renumber old ones.
-2. Work: planned shards that are neither in the manifest nor owned by another node
-   (`index % num_nodes == node_rank`) are processed whole by worker processes
-   (`stages.shardwork.process_shard`: fetch, check, decode, resize, encode).
+2. Work: planned shards that are in neither the manifest nor another node's share
+   (`index % num_nodes == node_rank`) are processed whole by `workers` processes, each
+   running `threads` rows at once (`stages.shardwork.process_shard`: fetch, check, decode,
+   resize, encode; downloads wait on the network and Pillow releases the GIL while coding).
 3. Commit, in the main process and in shard order (`stages.shardcommit`): duplicate decisions,
    tar + rejects + stats JSON, then the manifest entry. Committing in order is what makes
    `dedup` deterministic under kill/rerun and any worker count.
@@ -44,6 +45,7 @@ from .shardwork import FetchOptions, ShardTask, exit_with_parent, process_shard
 
 log = logging.getLogger(__name__)
 MAX_SHARD_SIZE = 10**6  # keys hold the row within a shard in six digits
+DEFAULT_THREADS = 8  # per worker process: rows of a shard fetched and coded at once
 
 
 def resolve_nodes(node_rank=None, num_nodes=None) -> tuple[int, int]:
@@ -59,7 +61,7 @@ def _check_options(image_size, shard_size, workers, dedup, world, timeout, max_b
     if not 1 <= shard_size <= MAX_SHARD_SIZE:
         raise ValueError(f"shard_size must be in [1, {MAX_SHARD_SIZE}], got {shard_size}")
     if image_size < 1 or workers < 1 or timeout <= 0 or max_bytes < 1:
-        raise ValueError("image_size, workers, timeout and max_bytes must be positive")
+        raise ValueError("image_size, workers, threads, timeout and max_bytes must be positive")
     if dedup and world > 1:
         raise ValueError("dedup needs the whole collection on one node: use num_nodes=1")
 
@@ -129,12 +131,12 @@ def _done_shards(shards_dir, planned, sid: str, record: bool) -> set:
 
 
 def shard(src, shards_dir, *, format=None, url_col=None, key_col=None, meta_cols=None,
-          image_size=DEFAULT_IMAGE_SIZE, shard_size=1000, workers=1, dedup=False,
-          timeout=DEFAULT_TIMEOUT, max_bytes=DEFAULT_MAX_BYTES, node_rank=None, num_nodes=None,
-          progress=True) -> dict:
+          image_size=DEFAULT_IMAGE_SIZE, shard_size=1000, workers=1, threads=DEFAULT_THREADS,
+          dedup=False, timeout=DEFAULT_TIMEOUT, max_bytes=DEFAULT_MAX_BYTES, node_rank=None,
+          num_nodes=None, progress=True) -> dict:
     """Shard `src` into `shards_dir`; return the totals of this run (see module docstring)."""
     rank, world = resolve_nodes(node_rank, num_nodes)
-    _check_options(image_size, shard_size, workers, dedup, world, timeout, max_bytes)
+    _check_options(image_size, shard_size, min(workers, threads), dedup, world, timeout, max_bytes)
     started = time.perf_counter()
     shards_dir = Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,7 @@ def shard(src, shards_dir, *, format=None, url_col=None, key_col=None, meta_cols
     done = _done_shards(shards_dir, planned, sid, record=world == 1)
     todo = [p for p in planned if p.index % world == rank and p.index not in done]
     tasks = _tasks(sources.iter_rows(src, **read), todo, Limits(image_size=image_size),
-                   FetchOptions(timeout, max_bytes))
+                   FetchOptions(timeout, max_bytes, threads))
     totals = _run(shards_dir, tasks, todo, workers, {"source": sid, "format": fmt,
                                                       "image_size": image_size},
                   dedup=DedupIndex(shards_dir) if dedup else None,
