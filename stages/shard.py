@@ -7,9 +7,9 @@
    first appends its new files to its listing (`stages.folders`): rows of a folder are numbered
    by first appearance, so files added later only ever become new rows, never renumber old ones.
 2. Work: planned shards that are in neither the manifest nor another node's share
-   (`index % num_nodes == node_rank`) are processed whole by `workers` processes, each
-   running `threads` rows at once (`stages.shardwork.process_shard`: fetch, check, decode,
-   resize, encode; downloads wait on the network and Pillow releases the GIL while coding).
+   (`index % num_nodes == node_rank`) are processed whole by `workers` processes
+   (`stages.shardwork.process_shard`: fetch, check, decode, resize, encode), each with
+   `threads` downloads in flight ahead of its decoding.
 3. Commit, in the main process and in shard order (`stages.shardcommit`): duplicate decisions,
    tar + rejects + stats JSON, then the manifest entry. Committing in order is what makes
    `dedup` deterministic under kill/rerun and any worker count.
@@ -45,7 +45,7 @@ from .shardwork import FetchOptions, ShardTask, exit_with_parent, process_shard
 
 log = logging.getLogger(__name__)
 MAX_SHARD_SIZE = 10**6  # keys hold the row within a shard in six digits
-DEFAULT_THREADS = 8  # per worker process: rows of a shard fetched and coded at once
+DEFAULT_THREADS = 8  # per worker process: downloads in flight ahead of the decoding
 
 
 def resolve_nodes(node_rank=None, num_nodes=None) -> tuple[int, int]:
@@ -147,7 +147,8 @@ def shard(src, shards_dir, *, format=None, url_col=None, key_col=None, meta_cols
     sid, n_rows, planned = _prepare(src, shards_dir, read, shaping)
     done = _done_shards(shards_dir, planned, sid, record=world == 1)
     todo = [p for p in planned if p.index % world == rank and p.index not in done]
-    tasks = _tasks(sources.iter_rows(src, **read), todo, Limits(image_size=image_size),
+    first_row = todo[0].row_start if todo else 0
+    tasks = _tasks(sources.iter_rows(src, **read, start=first_row), todo, Limits(image_size=image_size),
                    FetchOptions(timeout, max_bytes, threads))
     totals = _run(shards_dir, tasks, todo, workers, {"source": sid, "format": fmt,
                                                       "image_size": image_size},

@@ -31,10 +31,11 @@ _EXTENSIONS = {
 }
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open}
 SOURCE_COLUMNS = ("url", "path")
+LINE_FORMATS = ("text", "jsonl", "yfcc100m")  # one row per non-blank line
 PARQUET_BATCH_ROWS = 4096
 
 
-class SourceError(Exception):
+class SourceError(ValueError):
     """The source list as a whole cannot be used (the CLI exits 2 with this message)."""
 
 
@@ -141,18 +142,21 @@ def _iter_delimited(src, cols: Columns, delimiter: str) -> Iterator[Row]:
             yield _row_from_record(i, record, picked)
 
 
-def _nonblank_lines(src) -> Iterator[str]:
+def _numbered_lines(src, start=0) -> Iterator[tuple[int, str]]:
+    """(row, line) of the non-blank lines from row `start` on; earlier lines are only counted."""
     with open_text(src) as f:
+        i = 0
         for line in f:
-            line = line.strip()
-            if line:
-                yield line
+            if line.strip():
+                if i >= start:
+                    yield i, line
+                i += 1
 
 
-def _iter_jsonl(src, cols: Columns) -> Iterator[Row]:
+def _iter_jsonl(src, cols: Columns, start: int) -> Iterator[Row]:
     """Columns are checked against the first object; later objects may carry other keys."""
     picked = None
-    for i, line in enumerate(_nonblank_lines(src)):
+    for i, line in _numbered_lines(src, start):
         try:
             record = json.loads(line)
         except ValueError:
@@ -184,9 +188,9 @@ def _iter_parquet(src, cols: Columns) -> Iterator[Row]:
             i += 1
 
 
-def _iter_text(src) -> Iterator[Row]:
-    for i, line in enumerate(_nonblank_lines(src)):
-        yield Row(i, line)
+def _iter_text(src, start: int) -> Iterator[Row]:
+    for i, line in _numbered_lines(src, start):
+        yield Row(i, line.strip())
 
 
 def _iter_folder(root, listing) -> Iterator[Row]:
@@ -195,24 +199,20 @@ def _iter_folder(root, listing) -> Iterator[Row]:
         yield Row(i, os.path.join(root, rel), label=label)
 
 
-def _iter_yfcc(src, cols: Columns) -> Iterator[Row]:
-    with open_text(src) as f:
-        i = 0
-        for line in f:
-            if not line.strip():
-                continue
-            source, meta, reject = parse_yfcc_line(line)
-            key = meta.get(cols.key_col) if cols.key_col else None
-            yield Row(i, source, None if key in (None, "") else str(key), meta, reject)
-            i += 1
+def _iter_yfcc(src, cols: Columns, start: int) -> Iterator[Row]:
+    for i, line in _numbered_lines(src, start):
+        source, meta, reject = parse_yfcc_line(line)
+        key = meta.get(cols.key_col) if cols.key_col else None
+        yield Row(i, source, None if key in (None, "") else str(key), meta, reject)
 
 
 def iter_rows(src, format=None, url_col=None, key_col=None, meta_cols=None,
-              listing=None) -> Iterator[Row]:
+              listing=None, start=0) -> Iterator[Row]:
     """Rows of `src` in source order. Errors about the source as a whole are raised at once.
 
     `listing`: for a folder, the file that fixes its row order (see `folders.sync_listing`);
-    without one the folder is read in sorted order.
+    without one the folder is read in sorted order. `start`: rows before it may be left out
+    (line formats skip them without parsing; others still yield them).
     """
     if not Path(src).exists():
         raise SourceError(f"source {src} does not exist")
@@ -224,10 +224,10 @@ def iter_rows(src, format=None, url_col=None, key_col=None, meta_cols=None,
         "folder": lambda: _iter_folder(src, listing),
         "csv": lambda: _iter_delimited(src, cols, ","),
         "tsv": lambda: _iter_delimited(src, cols, "\t"),
-        "jsonl": lambda: _iter_jsonl(src, cols),
+        "jsonl": lambda: _iter_jsonl(src, cols, start),
         "parquet": lambda: _iter_parquet(src, cols),
-        "text": lambda: _iter_text(src),
-        "yfcc100m": lambda: _iter_yfcc(src, cols),
+        "text": lambda: _iter_text(src, start),
+        "yfcc100m": lambda: _iter_yfcc(src, cols, start),
     }
     rows = readers[fmt]()
     first = next(rows, None)  # generators start here, so header and column errors raise now
@@ -241,7 +241,19 @@ def _chain_first(first, rows):
 
 
 def count_rows(src, **options) -> int:
-    return sum(1 for _ in iter_rows(src, **options))
+    """The rows `iter_rows` would give, with its checks; line formats are counted unparsed."""
+    rows = iter_rows(src, **options)
+    fmt = detect_format(src, options.get("format"))
+    try:
+        if fmt in LINE_FORMATS:
+            return sum(1 for _ in _numbered_lines(src))
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(src).metadata.num_rows
+        return sum(1 for _ in rows)
+    finally:
+        rows.close()
 
 
 def source_id(src) -> str:
