@@ -25,6 +25,7 @@ They must start from the same source file. De-duplication needs the whole collec
 place, so it requires `num_nodes == 1`.
 """
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -90,23 +91,28 @@ def _task(planned, rows, limits, fetch_opts) -> ShardTask:
     return ShardTask(planned.index, planned.row_start, planned.row_end, rows, limits, fetch_opts)
 
 
-def _results(tasks, workers: int):
-    """(task, result) in task order; at most 2 shards a worker in flight (bounded memory)."""
+def _worker_pool(workers: int):
+    """Worker processes, started before planning so that their imports overlap it."""
     if workers == 1:
+        return contextlib.nullcontext()  # work in this process
+    return multiprocessing.get_context("spawn").Pool(workers, initializer=exit_with_parent)
+
+
+def _results(tasks, pool, workers: int):
+    """(task, result) in task order; at most 2 shards a worker in flight (bounded memory)."""
+    if pool is None:
         for task in tasks:
             yield task, process_shard(task)
         return
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=exit_with_parent) as pool:
-        pending = deque()
-        for task in tasks:
-            pending.append((task, pool.apply_async(process_shard, (task,))))
-            if len(pending) >= 2 * workers:
-                done, result = pending.popleft()
-                yield done, result.get()
-        while pending:
+    pending = deque()
+    for task in tasks:
+        pending.append((task, pool.apply_async(process_shard, (task,))))
+        if len(pending) >= 2 * workers:
             done, result = pending.popleft()
             yield done, result.get()
+    while pending:
+        done, result = pending.popleft()
+        yield done, result.get()
 
 
 def _prepare(src, shards_dir, read: dict, shaping: dict):
@@ -144,16 +150,17 @@ def shard(src, shards_dir, *, format=None, url_col=None, key_col=None, meta_cols
     read = {"format": fmt, "url_col": url_col, "key_col": key_col,
             "meta_cols": list(meta_cols) if meta_cols is not None else None}
     shaping = {**read, "image_size": image_size, "shard_size": shard_size}
-    sid, n_rows, planned = _prepare(src, shards_dir, read, shaping)
-    done = _done_shards(shards_dir, planned, sid, record=world == 1)
-    todo = [p for p in planned if p.index % world == rank and p.index not in done]
-    first_row = todo[0].row_start if todo else 0
-    tasks = _tasks(sources.iter_rows(src, **read, start=first_row), todo, Limits(image_size=image_size),
-                   FetchOptions(timeout, max_bytes, threads))
-    totals = _run(shards_dir, tasks, todo, workers, {"source": sid, "format": fmt,
-                                                      "image_size": image_size},
-                  dedup=DedupIndex(shards_dir) if dedup else None,
-                  record=world == 1, progress=progress)
+    with _worker_pool(workers) as pool:
+        sid, n_rows, planned = _prepare(src, shards_dir, read, shaping)
+        done = _done_shards(shards_dir, planned, sid, record=world == 1)
+        todo = [p for p in planned if p.index % world == rank and p.index not in done]
+        rows = sources.iter_rows(src, **read, start=todo[0].row_start if todo else 0)
+        tasks = _tasks(rows, todo, Limits(image_size=image_size),
+                       FetchOptions(timeout, max_bytes, threads))
+        context = {"source": sid, "format": fmt, "image_size": image_size}
+        totals = _run(shards_dir, _results(tasks, pool, workers), todo, context,
+                      dedup=DedupIndex(shards_dir) if dedup else None,
+                      record=world == 1, progress=progress)
     totals.update(source=sid, format=fmt, rows_in_source=n_rows, shards_planned=len(planned),
                   shards_skipped=len([p for p in planned if p.index in done]),
                   node_rank=rank, num_nodes=world,
@@ -162,12 +169,12 @@ def shard(src, shards_dir, *, format=None, url_col=None, key_col=None, meta_cols
     return totals
 
 
-def _run(shards_dir, tasks, todo, workers, context, *, dedup, record, progress) -> dict:
+def _run(shards_dir, results, todo, context, *, dedup, record, progress) -> dict:
     totals = {"shards_written": 0, "rows": 0, "written": 0, "rejected": 0}
     reasons, timings = Counter(), Counter()
     bar = Progress(sum(p.row_end - p.row_start for p in todo), enabled=progress)
     try:
-        for task, result in _results(tasks, workers):
+        for task, result in results:
             kept = mark_duplicates(task.index, result.outcomes, dedup)
             if dedup is not None:
                 dedup.record_shard(task.index, kept)
