@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .featurestore import ROW_ARRAYS, FeatureStore, create_store, open_store
-from .models import build_model, load_model
+from .models import build_model, load_model, normalize_batch
 from .shardbatches import ShardBatches, ShardJob
 
 log = logging.getLogger("dcpipe.extract")
@@ -45,8 +45,10 @@ def extract(shards, store_path, *, model_path=None, arch: str = "small", sobel: 
             progress: bool = True) -> dict:
     """Fill (or finish) the feature store at `store_path` for `shards` (list of ShardInfo).
 
-    With `model_path`, arch/sobel/input_size/width come from the checkpoint. Returns a summary
-    of this process's share of the work and whether the store is complete.
+    With `model_path`, arch/sobel/input_size/width come from the checkpoint. `chunk_rows` is
+    an upper bound: it is lowered to the largest shard's count, so that collections of small
+    shards (the shard stage's default is 1,000) carry no padding. Returns a summary of this
+    process's share of the work and whether the store is complete.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
@@ -127,6 +129,7 @@ def _model(model_path, arch, sobel, input_size, width, seed):
 
 def _prepare_store(group, shards, path: Path, model_info, dtype, chunk_rows) -> FeatureStore:
     counts = [int(info.n_samples) for info in shards]
+    chunk_rows = max(1, min(chunk_rows, max(counts, default=1)))  # small shards: no padding
     dim = model_info["feature_dim"]
     attrs = {"shard_names": [info.name for info in shards],
              "class_names": sorted({c for info in shards for c in info.classes}),
@@ -192,7 +195,7 @@ def _embed(model, images: torch.Tensor, device, out_dtype) -> np.ndarray:
     if not len(images):
         return np.empty((0, model.feature_dim), dtype=out_dtype)
     with torch.inference_mode():
-        features = model.embed(images.to(device, non_blocking=True))
+        features = model.embed(normalize_batch(images.to(device, non_blocking=True)))
     return features.float().cpu().numpy().astype(out_dtype)
 
 

@@ -281,11 +281,30 @@ def _normalize():
     return [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
+def _center_crop(input_size: int, crop_ratio: float) -> list:
+    return [transforms.Resize(round(input_size / crop_ratio)), transforms.CenterCrop(input_size)]
+
+
 def eval_transform(input_size: int, crop_ratio: float = CENTER_CROP_RATIO):
     """Central crop as the paper: Resize(256)+CenterCrop(224) at 224, same ratio at other sizes."""
-    resize = round(input_size / crop_ratio)
-    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(input_size),
-                               *_normalize()])
+    return transforms.Compose([*_center_crop(input_size, crop_ratio), *_normalize()])
+
+
+def eval_crop(input_size: int, crop_ratio: float = CENTER_CROP_RATIO):
+    """`eval_transform` without the tensor steps: PIL in, PIL out (see `normalize_batch`)."""
+    return transforms.Compose(_center_crop(input_size, crop_ratio))
+
+
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W), bit-identical to ToTensor + Normalize per image.
+
+    One vectorised op per batch instead of two small ones per image (and 4x less data between
+    the decode workers and the model).
+    """
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=images.device)[:, None, None]
+    x = images.permute(0, 3, 1, 2).float().div(255)
+    return x.sub(mean).div(std).contiguous()
 
 
 def train_transform(input_size: int, scale: tuple[float, float] = (0.08, 1.0)):

@@ -6,7 +6,9 @@ decodes an image). So what goes into the model is the same whatever the number o
 ranks or restarts, and features are reproducible bit for bit.
 
 Every row of a shard comes out exactly once: as an image, or as a failure with its reason
-(undecodable image, missing member, or rows lost where the tar breaks off).
+(undecodable image, missing member, or rows lost where the tar breaks off). Images leave the
+workers as centre-cropped uint8 (n, H, W, 3); the consumer normalises the whole batch
+(`models.normalize_batch`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from dcpipe.shards.reader import ShardReadError, iter_shard
 
 from .images import BadImage, open_rgb
-from .models import eval_transform
+from .models import eval_crop
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,8 @@ class _Batch:
             self.failures.append({"row": row, "key": key, "reason": failure})
 
     def finish(self, input_size: int) -> dict:
-        images = (torch.stack(self.images) if self.images
-                  else torch.empty(0, 3, input_size, input_size))
+        images = (torch.from_numpy(np.stack(self.images)) if self.images
+                  else torch.empty(0, input_size, input_size, 3, dtype=torch.uint8))
         return {"shard": self.shard, "rows": np.asarray(self.rows, dtype=np.int64),
                 "keys": self.keys, "labels": np.asarray(self.labels, dtype=np.int32),
                 "ok": np.asarray(self.ok, dtype=bool), "images": images,
@@ -74,7 +76,7 @@ class ShardBatches(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        transform = eval_transform(self.input_size)
+        transform = eval_crop(self.input_size)
         for job in self.jobs:
             yield from self._shard(job, lambda b: b % n_workers == worker, transform)
 
@@ -89,7 +91,7 @@ class ShardBatches(IterableDataset):
         if sample.error:  # e.g. bad json: the image is still usable
             batch.warnings.append({"row": row, "key": sample.key, "warning": sample.error})
         try:
-            image = transform(open_rgb(sample.image, draft_size=2 * self.input_size))
+            image = np.asarray(transform(open_rgb(sample.image, draft_size=2 * self.input_size)))
         except BadImage as exc:
             return batch.add_row(row, sample.key, label, failure=str(exc))
         batch.add_row(row, sample.key, label, image=image)

@@ -20,7 +20,7 @@ from dcpipe.shards.writer import ShardWriter
 from dcpipe.stages.extract import StoreMismatch, extract
 from dcpipe.stages.featurestore import open_store
 from dcpipe.stages.images import open_rgb
-from dcpipe.stages.models import build_model, eval_transform
+from dcpipe.stages.models import build_model, eval_transform, save_model
 from sample_shards import make_collection, synthetic_jpeg
 
 torch.set_num_threads(1)
@@ -94,11 +94,11 @@ def test_plain_zarr_reads_the_store_without_dcpipe(tmp_path):
             "f = g['features'][:]; v = g['valid'][:]; o = g['shard_offset'][:]; "
             "k = json.load(open(sys.argv[1] + '/keys/000001.json')); "
             "print(json.dumps([str(f.dtype), list(f.shape), int(v.sum()), o.tolist(), k[0], "
-            "g.attrs['complete'], 'dcpipe' in sys.modules]))")
+            "g.attrs['complete'], sorted(g.array_keys()), 'dcpipe' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.zarr")],
                          capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert json.loads(out.stdout) == ["float32", [32, 256], 10, [0, 16], make_key(1, 0), True,
-                                      False]
+    assert json.loads(out.stdout) == ["float32", [10, 256], 10, [0, 5], make_key(1, 0), True,
+                                      sorted(ARRAYS), False]
 
 
 def _jpeg_with_size(width, height):
@@ -149,6 +149,21 @@ def test_rerun_skips_done_shards_and_refuses_a_different_model(tmp_path):
     assert (again["shards_skipped"], again["shards_done"], again["complete"]) == (2, 0, True)
     with pytest.raises(StoreMismatch, match="model"):
         _run(shards, tmp_path / "f.zarr", seed=8)
+
+
+def test_a_saved_model_gives_the_features_of_the_model_it_saved(tmp_path):
+    shards = make_collection(tmp_path / "shards", 2, 5)
+    model = build_model("small", width=16, input_size=32, seed=7, num_classes=4)
+    save_model(tmp_path / "model.pt", model, {"round": 0})
+    _run(shards, tmp_path / "init.zarr")
+    _run(shards, tmp_path / "loaded.zarr", model_path=tmp_path / "model.pt", seed=None,
+         arch="alexnet", input_size=99)  # ignored: the checkpoint says what the model is
+    init, loaded = open_store(tmp_path / "init.zarr"), open_store(tmp_path / "loaded.zarr")
+    assert np.array_equal(init.group["features"][:], loaded.group["features"][:])
+    assert loaded.attrs["model"]["source"] == str(tmp_path / "model.pt")
+    assert loaded.attrs["model"]["round"] == 0 and loaded.attrs["model"]["width"] == 16
+    with pytest.raises(FileNotFoundError):
+        _run(shards, tmp_path / "none.zarr", model_path=tmp_path / "missing.pt")
 
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_store(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dcpipe.stages.models import (build_model, eval_transform, load_model, make_sobel,
-                                  save_model, train_transform)
+from dcpipe.stages.models import (build_model, eval_crop, eval_transform, load_model, make_sobel,
+                                  normalize_batch, save_model, train_transform)
 
 torch.set_num_threads(1)
 
@@ -158,3 +158,11 @@ def test_transforms_give_normalised_tensors_of_the_input_size():
     centre = eval_transform(224)(ramp.convert("RGB"))
     assert centre.shape == (3, 224, 224)
     assert torch.equal(centre, eval_transform(224)(ramp.convert("RGB")))  # deterministic
+
+
+def test_batch_normalisation_equals_the_per_image_transform():
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (45, 60, 3), dtype=np.uint8)) for _ in range(3)]
+    per_image = torch.stack([eval_transform(32)(im) for im in images])
+    crops = np.stack([np.asarray(eval_crop(32)(im)) for im in images])
+    assert torch.equal(normalize_batch(torch.from_numpy(crops)), per_image)
