@@ -6,8 +6,9 @@ load from other processes hits every contender alike; the best round counts):
   dcpipe-file  `shard()` on a text list of the same local paths
   dcpipe-http  `shard()` on URLs of the same files served by a local HTTP server (127.0.0.1)
   img2dataset  img2dataset (its own venv; --img2dataset PATH) on the same URLs, same geometry
-Every contender uses the same number of processes and is timed end to end as a fresh
-subprocess (interpreter start and imports included). Prints a table of images/s and ratios.
+Every contender uses the same number of processes (and both tools the same shard size: a
+shard is one process's work) and is timed end to end as a fresh subprocess (interpreter
+start and imports included). Prints a table of images/s and ratios.
 
     python benchmarks/bench_shard.py --sizes 500 2000 --workers 2 \
         --img2dataset /tmp/i2d-venv/bin/img2dataset [--simd-python /tmp/simd-venv/bin/python]
@@ -32,7 +33,7 @@ PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "p
 FLOOR = Path(__file__).with_name("pillow_floor.py")
 RUN_SHARD = ("import json, sys; from dcpipe.stages.shard import shard; "
              "print(json.dumps(shard(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]), "
-             "progress=False)))")
+             "shard_size=int(sys.argv[4]), progress=False)))")
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -72,21 +73,24 @@ def run_floor(python: str, paths: Path, workers: int) -> float:
     return timed([python, str(FLOOR), str(paths), "--processes", str(workers)])[0]
 
 
-def run_dcpipe(source: Path, out: Path, workers: int, n: int) -> float:
+def run_dcpipe(source: Path, out: Path, opts, n: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
-    seconds, stdout = timed([sys.executable, "-c", RUN_SHARD, str(source), str(out), str(workers)])
+    seconds, stdout = timed([sys.executable, "-c", RUN_SHARD, str(source), str(out),
+                             str(opts.workers), str(opts.shard_size)])
     stats = json.loads(stdout.strip().splitlines()[-1])
     assert stats["written"] == n, f"dcpipe wrote {stats['written']} of {n}: {stats['rejects']}"
     return seconds
 
 
-def run_img2dataset(exe: str, urls: Path, out: Path, workers: int, n: int) -> float:
+def run_img2dataset(exe: str, urls: Path, out: Path, opts, n: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     seconds, _ = timed([exe, str(urls), "--output_folder", str(out), "--output_format",
-                        "webdataset", "--processes_count", str(workers), "--thread_count", "32",
+                        "webdataset", "--processes_count", str(opts.workers),
+                        "--thread_count", "32",
                         "--image_size", "256", "--resize_mode", "keep_ratio",
                         "--resize_only_if_bigger", "True", "--encode_quality", "95",
-                        "--extract_exif", "False", "--number_sample_per_shard", "1000",
+                        "--extract_exif", "False",
+                        "--number_sample_per_shard", str(opts.shard_size),
                         "--retries", "0", "--enable_wandb", "False"])
     ok = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
     assert ok == n, f"img2dataset wrote {ok} of {n}"
@@ -97,12 +101,12 @@ def measure(n, paths, urls, opts, tmp) -> dict:
     """Best-of-rounds seconds per contender for one size."""
     contenders = {
         "floor": lambda: run_floor(sys.executable, paths, opts.workers),
-        "dcpipe-file": lambda: run_dcpipe(paths, tmp / "dc-file", opts.workers, n),
-        "dcpipe-http": lambda: run_dcpipe(urls, tmp / "dc-http", opts.workers, n),
+        "dcpipe-file": lambda: run_dcpipe(paths, tmp / "dc-file", opts, n),
+        "dcpipe-http": lambda: run_dcpipe(urls, tmp / "dc-http", opts, n),
     }
     if opts.img2dataset and Path(opts.img2dataset).exists():
         contenders["img2dataset"] = lambda: run_img2dataset(opts.img2dataset, urls,
-                                                            tmp / "i2d", opts.workers, n)
+                                                            tmp / "i2d", opts, n)
     best = {}
     for _ in range(opts.rounds):
         for name, run in contenders.items():
@@ -137,6 +141,8 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000])
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--shard-size", type=int, default=250,
+                        help="rows per shard, both tools (whole shards go to one process each)")
     parser.add_argument("--img2dataset", default="/tmp/i2d-venv/bin/img2dataset",
                         help="img2dataset executable (column skipped if absent)")
     parser.add_argument("--simd-python", help="python of a venv with pillow-simd")

@@ -26,6 +26,7 @@ place, so it requires `num_nodes == 1`.
 """
 
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -46,6 +47,7 @@ from .shardwork import FetchOptions, ShardTask, exit_with_parent, process_shard
 
 log = logging.getLogger(__name__)
 MAX_SHARD_SIZE = 10**6  # keys hold the row within a shard in six digits
+LOGGED = ("name", "rows", "written", "rejected", "rejects", "row_start", "row_end")
 DEFAULT_THREADS = 8  # per worker process: downloads in flight ahead of the decoding
 
 
@@ -81,6 +83,10 @@ def _tasks(rows, todo, limits, fetch_opts):
             bucket.append(row)
     if current is not None:
         yield _task(current, bucket, limits, fetch_opts)
+    missing = next(todo, None)
+    if missing is not None:
+        raise sources.SourceError(f"the source changed while sharding: it ended before the "
+                                  f"rows of shard {missing.index}")
 
 
 def _task(planned, rows, limits, fetch_opts) -> ShardTask:
@@ -182,8 +188,7 @@ def _run(shards_dir, results, todo, context, *, dedup, record, progress) -> dict
             entry = write_shard(shards_dir, planned, result, context)
             if record:
                 add_entry(shards_dir, entry)
-            log.info("shard %s: %d written, %d rejected", entry["name"], entry["written"],
-                     entry["rejected"])
+            log.info(json.dumps({"event": "shard_written", **{k: entry[k] for k in LOGGED}}))
             totals["shards_written"] += 1
             for k in ("rows", "written", "rejected"):
                 totals[k] += entry[k]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .folders import folder_files
-from .yfcc import parse_yfcc_line
+from .yfcc import FIELDS_23, FIELDS_25, parse_yfcc_line
 
 FORMATS = ("folder", "csv", "tsv", "jsonl", "parquet", "text", "yfcc100m")
 _EXTENSIONS = {
@@ -105,9 +105,11 @@ def _pick_columns(names, cols: Columns, src) -> tuple[str, str | None, list]:
     names = list(names)
     url_col = cols.url_col or next((c for c in SOURCE_COLUMNS if c in names), None)
     if url_col is None:
+        hint = ("; is it the YFCC100M metadata file? pass format=yfcc100m"
+                if len(names) in (len(FIELDS_23), len(FIELDS_25)) else "")
         raise SourceError(
             f"{src}: no column named {' or '.join(SOURCE_COLUMNS)}; name the source column "
-            f"with url_col (columns: {', '.join(map(str, names)) or 'none'})")
+            f"with url_col (columns: {', '.join(map(str, names)) or 'none'}){hint}")
     wanted = [url_col] + ([cols.key_col] if cols.key_col else []) + list(cols.meta_cols or ())
     missing = [c for c in wanted if c not in names]
     if missing:

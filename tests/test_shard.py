@@ -3,6 +3,7 @@ import subprocess
 
 import pytest
 import webdataset as wds
+from imagefiles import photo
 from imageserver import ImageServer
 from shard_data import collection, file_digests, hostile_rows, rejects, serve_photos, write_csv
 
@@ -40,12 +41,15 @@ def test_every_row_is_a_sample_or_a_specific_reject(server, tmp_path):
     assert all(e["written"] + e["rejected"] == e["rows"] for e in manifest)
 
 
+def _photo_folder(root, names):
+    for i, rel in enumerate(names):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(photo(300, 200, i))
+    return root
+
+
 def test_shards_read_back_with_webdataset_and_tar(tmp_path):
-    root = tmp_path / "photos"
-    for cls in ("cat", "dog"):
-        (root / cls).mkdir(parents=True)
-        for i in range(3):
-            (root / cls / f"{i}.jpg").write_bytes(__import__("imagefiles").photo(300, 200, i))
+    root = _photo_folder(tmp_path / "photos", [f"{c}/{i}.jpg" for c in ("cat", "dog") for i in range(3)])
     out = tmp_path / "shards"
     shard(root, out, shard_size=4, progress=False)
     tars = sorted(str(p) for p in out.glob("*.tar"))
@@ -83,6 +87,18 @@ def test_growth_adds_shards_and_leaves_old_ones_untouched(server, tmp_path):
     assert {k: after[k] for k in before} == before and set(after) - set(before) == {"000003.tar"}
     assert [(e["row_start"], e["row_end"]) for e in load_manifest(out)["shards"]] == [
         (0, 4), (4, 8), (8, 10), (10, 14)]
+
+
+def test_folder_growth_numbers_new_files_after_old_ones(tmp_path):
+    root = _photo_folder(tmp_path / "photos", ["cat/a.jpg", "cat/c.jpg", "dog/a.jpg"])
+    out = tmp_path / "shards"
+    shard(root, out, shard_size=2, **QUICK)
+    before = file_digests(out)
+    _photo_folder(root, ["cat/b.jpg"])  # sorts between files already sharded
+    stats = shard(root, out, shard_size=2, **QUICK)
+    assert stats["shards_written"] == 1 and {k: file_digests(out)[k] for k in before} == before
+    rows = {m["row"]: m["source"][len(str(root)) + 1:] for _, m in collection(out).values()}
+    assert rows == {0: "cat/a.jpg", 1: "cat/c.jpg", 2: "dog/a.jpg", 3: "cat/b.jpg"}
 
 
 def test_nodes_write_disjoint_shards_then_one_run_records_them(server, tmp_path):

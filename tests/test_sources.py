@@ -91,6 +91,14 @@ def test_yfcc_both_releases_decode_text_and_reject_videos(tmp_path):
     assert _rows(src, key_col="photo_id")[1].key == "6985418911"
 
 
+def test_yfcc_file_read_as_tsv_gets_a_hint(tmp_path):
+    src = tmp_path / "yfcc100m_dataset-0.tsv"
+    src.write_text(_yfcc23("http://farm8/b.jpg", "0") + "\n")
+    with pytest.raises(SourceError, match="pass format=yfcc100m"):
+        _rows(src)
+    assert _rows(src, format="yfcc100m")[0].source == "http://farm8/b.jpg"
+
+
 def test_folder_rows_keep_their_numbers_when_files_appear(tmp_path):
     root = tmp_path / "imgs"
     for rel in ("dog/b.jpg", "cat/a.jpg", "cat/c.jpg", ".hidden/x.jpg", "cat/.DS_Store"):
