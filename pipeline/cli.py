@@ -187,3 +187,83 @@ def demo(ctx, n_rounds):
     run_shard(str(src), ws.shards_dir, progress=ctx.obj["progress"], **config["shard"])
     rounds.run(ws, n_rounds, config, ctx.obj["progress"], click.echo)
     click.echo(status.format_text(status.collect(ws)))
+
+
+def _round_model(ws: Workspace, r: int | None):
+    """Round r's trained model, or None (the random init) when no round is given."""
+    if r is None:
+        return None
+    path = ws.round_dir(r) / "model.pt"
+    if not path.exists():
+        raise WorkspaceError(f"round {r} has no trained model ({path}): run `dcpipe train --round {r}`")
+    return path
+
+
+def _eval_model_args(config: dict) -> dict:
+    return {**rounds.model_args(config), "seed": config["seed"]}
+
+
+@main.command("eval")
+@click.option("--round", "r", type=int, help="Round whose model is evaluated (default: random init).")
+@click.option("--train", "train_src", required=True, help="Labelled images the probes are fitted on.")
+@click.option("--test", "test_src", required=True, help="Held-out labelled images.")
+@click.option("--protocols", default="linear,knn,kmeans", show_default=True,
+              help="Comma list of linear, knn, kmeans, retrieval.")
+@click.option("--compare-random", is_flag=True, help="Also evaluate the random init, side by side.")
+@click.option("--knn-k", type=int, default=20, show_default=True)
+@click.option("--layers", default="all", show_default=True, help="Linear-probe layers, e.g. conv3,penultimate.")
+@click.option("--max-train", type=int, default=50_000, show_default=True)
+@click.option("--queries", help="Retrieval queries (labelled by instance).")
+@click.option("--database", help="Retrieval database (labelled by instance).")
+@handled(locked=False)
+def evaluate_command(ctx, r, train_src, test_src, protocols, compare_random, knn_k, layers,
+                     max_train, queries, database):
+    """Evaluate a round's features with labels (linear probes, k-NN, k-means, retrieval)."""
+    from dcpipe.shards.atomic import atomic_write_json
+    from dcpipe.stages.evaltable import format_comparison, format_table, model_label
+    from dcpipe.stages.evaluate import evaluate
+
+    ws = ctx.obj["ws"]
+    config = ws.config()
+    options = dict(protocols=tuple(p for p in protocols.split(",") if p), knn_k=knn_k,
+                   layers=layers, max_train=max_train, query_src=queries, database_src=database,
+                   workers=config["extract"]["workers"], **_eval_model_args(config))
+    result = evaluate(train_src, test_src, model_path=_round_model(ws, r), **options)
+    if compare_random and r is not None:
+        baseline = evaluate(train_src, test_src, model_path=None, **options)
+        click.echo(format_comparison(result, baseline))
+        saved = {model_label(result): result, model_label(baseline): baseline}
+    else:
+        click.echo(format_table(result))
+        saved = result
+    if r is not None:
+        atomic_write_json(ws.round_dir(r) / "eval.json", saved)
+
+
+@main.command("embed")
+@click.argument("src")
+@click.option("--round", "r", type=int, help="Round whose model embeds (default: random init).")
+@click.option("-o", "--output", required=True, help="OUT.npy, or a zarr store path.")
+@handled(locked=False)
+def embed_command(ctx, src, r, output):
+    """Write the clustering features of any image set with a round's model."""
+    from dcpipe.stages.embed import embed
+
+    ws = ctx.obj["ws"]
+    config = ws.config()
+    echo_json(embed(src, output, model_path=_round_model(ws, r),
+                    workers=config["extract"]["workers"], **_eval_model_args(config)))
+
+
+@main.command("report")
+@click.option("-o", "--output", default=None, help="Folder for index.html and PNGs (default WS/report).")
+@click.option("--rounds", "round_list", help="Comma list of rounds (default: all).")
+@handled(locked=False)
+def report_command(ctx, output, round_list):
+    """One self-contained HTML page of the rounds, with its PNG plots."""
+    from dcpipe.stages.report import report
+
+    ws = ctx.obj["ws"]
+    chosen = [int(x) for x in round_list.split(",")] if round_list else None
+    path = report(ws.root, output or ws.root / "report", rounds=chosen, random_seed=ws.config()["seed"])
+    click.echo(f"wrote {path}")

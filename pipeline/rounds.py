@@ -38,9 +38,10 @@ def _previous_model(ws: Workspace, r: int):
     return path
 
 
-def _model_args(config: dict) -> dict:
+def model_args(config: dict) -> dict:
     m = config["model"]
-    return {"arch": m["arch"], "sobel": m["sobel"], "input_size": m["input_size"]}
+    return {"arch": m["arch"], "sobel": m["sobel"], "input_size": m["input_size"],
+            "width": m["width"] or None}
 
 
 def _is_rank_zero() -> bool:
@@ -58,7 +59,7 @@ def extract_round(ws: Workspace, r: int, config: dict, progress: bool = True) ->
     return extract(shards, ws.round_dir(r) / "features.zarr", model_path=model_path,
                    seed=config["seed"], batch_size=e["batch_size"], workers=e["workers"],
                    dtype=e["dtype"], chunk_rows=e["chunk_rows"], progress=progress,
-                   **_model_args(config))
+                   **model_args(config))
 
 
 def cluster_round(ws: Workspace, r: int, config: dict, progress: bool = True) -> dict:
@@ -73,7 +74,7 @@ def cluster_round(ws: Workspace, r: int, config: dict, progress: bool = True) ->
                    pca_dim=c["pca_dim"], method=c["method"], niter=c["niter"],
                    sample_size=c["sample_size"], seed=round_seed(config, r, "cluster"),
                    prev_labels_dir=prev if r > 0 and ws.step_done(r - 1, "cluster") else None,
-                   progress=progress)
+                   round_index=r, progress=progress)
 
 
 def train_round(ws: Workspace, r: int, config: dict, progress: bool = True) -> dict:
@@ -88,10 +89,10 @@ def train_round(ws: Workspace, r: int, config: dict, progress: bool = True) -> d
     body_optim = ws.round_dir(r - 1) / "optim_body.pt" if r > 0 else None
     return train(ws.round_shards(r), ws.round_dir(r) / "labels", ws.round_dir(r),
                  model_path=model_path, body_optim_path=body_optim,
-                 seed=round_seed(config, r, "train"), lr=t["lr"], momentum=t["momentum"],
-                 weight_decay=t["weight_decay"], batch_size=t["batch_size"],
+                 seed=round_seed(config, r, "train"), init_seed=config["seed"], lr=t["lr"],
+                 momentum=t["momentum"], weight_decay=t["weight_decay"], batch_size=t["batch_size"],
                  reassign=t["reassign"], workers=t["workers"],
-                 checkpoint_every=t["checkpoint_every"], progress=progress, **_model_args(config))
+                 checkpoint_every=t["checkpoint_every"], progress=progress, **model_args(config))
 
 
 STEP_FUNCTIONS = {"extract": extract_round, "cluster": cluster_round, "train": train_round}
