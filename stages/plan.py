@@ -54,8 +54,13 @@ def _check_options(source_id: str, recorded: dict, options: dict) -> None:
                           "the planned options or write to another shards folder")
 
 
-def extend_plan(shards_dir, source_id: str, options: dict, n_rows: int) -> dict:
-    """Record a run for rows not yet planned (if any); return the source's plan entry."""
+def extend_plan(shards_dir, source_id: str, options: dict, n_rows: int,
+                first_free: int = 0) -> dict:
+    """Record a run for rows not yet planned (if any); return the source's plan entry.
+
+    `first_free`: no new shard gets a lower index (the manifest's shards are kept even if
+    plan.json was lost).
+    """
     plan = load_plan(shards_dir)
     entry = plan["sources"].get(source_id)
     if entry is None:
@@ -66,7 +71,8 @@ def extend_plan(shards_dir, source_id: str, options: dict, n_rows: int) -> dict:
         raise SourceError(f"{source_id} has {n_rows} rows but {covered} are already planned; "
                           "a source may only grow (append rows)")
     if n_rows > covered:
-        entry["runs"].append({"first_shard": _next_index(plan), "row_start": covered,
+        entry["runs"].append({"first_shard": max(_next_index(plan), first_free),
+                              "row_start": covered,
                               "row_end": n_rows, "shard_size": options["shard_size"]})
         plan["sources"][source_id] = entry
         save_plan(shards_dir, plan)

@@ -128,7 +128,9 @@ def _prepare(src, shards_dir, read: dict, shaping: dict):
         read["listing"] = listing_path(shards_dir, sid)
         folders.sync_listing(src, read["listing"])
     n_rows = sources.count_rows(src, **read)
-    return sid, n_rows, planned_shards(extend_plan(shards_dir, sid, shaping, n_rows))
+    recorded = [e["index"] for e in load_manifest(shards_dir)["shards"]]
+    entry = extend_plan(shards_dir, sid, shaping, n_rows, max(recorded, default=-1) + 1)
+    return sid, n_rows, planned_shards(entry)
 
 
 def _done_shards(shards_dir, planned, sid: str, record: bool) -> set:

@@ -60,6 +60,8 @@ class Columns:
 
 def detect_format(src, format=None) -> str:
     path = Path(src)
+    if not path.exists():
+        raise SourceError(f"source {src} does not exist")
     if format is not None:
         if format not in FORMATS:
             raise SourceError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -216,8 +218,6 @@ def iter_rows(src, format=None, url_col=None, key_col=None, meta_cols=None,
     without one the folder is read in sorted order. `start`: rows before it may be left out
     (line formats skip them without parsing; others still yield them).
     """
-    if not Path(src).exists():
-        raise SourceError(f"source {src} does not exist")
     fmt = detect_format(src, format)
     if (fmt == "folder") != Path(src).is_dir():
         raise SourceError(f"{src}: format {fmt} needs a {'folder' if fmt == 'folder' else 'file'}")

@@ -89,6 +89,16 @@ def test_growth_adds_shards_and_leaves_old_ones_untouched(server, tmp_path):
         (0, 4), (4, 8), (8, 10), (10, 14)]
 
 
+def test_lost_plan_never_reuses_recorded_shard_indices(server, tmp_path):
+    src = write_csv(tmp_path / "list.csv", [{"url": u} for u in serve_photos(server, 3, "l")])
+    out = tmp_path / "shards"
+    shard(src, out, shard_size=2, **QUICK)
+    before = file_digests(out)
+    (out / "plan.json").unlink()
+    assert shard(src, out, shard_size=2, **QUICK)["shards_written"] == 2
+    assert {k: file_digests(out)[k] for k in before} == before and len(file_digests(out)) == 4
+
+
 def test_folder_growth_numbers_new_files_after_old_ones(tmp_path):
     root = _photo_folder(tmp_path / "photos", ["cat/a.jpg", "cat/c.jpg", "dog/a.jpg"])
     out = tmp_path / "shards"
