@@ -385,8 +385,12 @@ def _checked_k(shards: list[ShardInfo], labels_dir: Path) -> int:
     return int(index["k"])
 
 
+PATHS = ("labels_dir", "model_path", "body_optim_path")  # a moved workspace may still resume
+
+
 def _check_same_config(saved: dict, config: dict, path: Path) -> None:
-    changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+    changed = sorted(k for k in set(saved) | set(config)
+                     if k not in PATHS and saved.get(k) != config.get(k))
     if changed:
         raise ValueError(f"{path} was written with other settings ({', '.join(changed)}); "
                          "run with the same settings or delete the ckpt folder to start over")

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,10 @@ def test_bad_inputs_fail_clearly(tmp_path, collection, round0):
     with pytest.raises(ValueError, match="input_size"):
         train(shards, labels_dir, tmp_path / "z", model_path=out0 / "model.pt",
               **{**OPTIONS, "input_size": 64})
+    (tmp_path / "w" / "ckpt").mkdir(parents=True)
+    shutil.copy(out0 / "ckpt" / "last.pt", tmp_path / "w" / "ckpt" / "last.pt")
+    with pytest.raises(ValueError, match=r"other settings \(init_seed, lr, seed\)"):
+        train(shards, labels_dir, tmp_path / "w", **{**OPTIONS, "lr": 0.1, "seed": 2})
 
 
 def _launch(tmp_path, launcher: list, shards, labels_dir, out, options):
