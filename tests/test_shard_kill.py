@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from imageserver import ImageServer
 from shard_data import collection, file_digests, rejects, serve_photos, write_csv
@@ -16,7 +17,21 @@ RUN = ("import sys; from dcpipe.stages.shard import shard; "
        "shard(sys.argv[1], sys.argv[2], shard_size=4, workers=2, dedup=True, progress=False)")
 
 
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of a process group that are alive (zombies waiting to be reaped are not)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
 def _kill_after_some_shards(src, out) -> int:
+    """kill -9 the main process once 2 shards are recorded; its workers must then exit alone."""
     proc = subprocess.Popen([sys.executable, "-c", RUN, str(src), str(out)],
                             start_new_session=True)
     deadline = time.monotonic() + 60
@@ -24,11 +39,17 @@ def _kill_after_some_shards(src, out) -> int:
         while time.monotonic() < deadline and proc.poll() is None:
             done = len(load_manifest(out)["shards"]) if (out / "manifest.json").exists() else 0
             if done >= 2:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                while _live_group_members(proc.pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert not _live_group_members(proc.pid), "workers outlived the killed main"
                 return done
             time.sleep(0.02)
         raise AssertionError("the run ended or stalled before it could be killed")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the main process and its workers, at once
+        if _live_group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
