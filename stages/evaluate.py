@@ -13,6 +13,7 @@ features for k-NN (at most `max_train` rows) and the test ones for k-means (`max
 """
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from torchvision import transforms
 
 from . import probes
 from .activations import PENULTIMATE, Tap
+from .evaltable import model_label
 from .imagesets import ImageSet
 from .models import (CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, build_model, eval_transform,
                      load_model)
@@ -36,6 +38,9 @@ def model_for_eval(model_path=None, *, arch="small", sobel=True, input_size=None
     if model_path is not None:
         model, meta = load_model(model_path)
         info = {k: meta.get(k) for k in ("arch", "sobel", "input_size", "width", "round")}
+        folder = Path(model_path).parent.name  # rounds/RRRR/model.pt names its round
+        if info["round"] is None and folder.isdigit():
+            info["round"] = int(folder)
         return model, {"path": str(model_path), "random_init": False, **info}
     model = build_model(arch, sobel=sobel, input_size=input_size, width=width, seed=seed)
     info = {k: model.config[k] for k in ("arch", "sobel", "input_size", "width")}
@@ -139,14 +144,15 @@ def check_protocols(protocols, train_src, test_src, query_src, database_src) -> 
 
 
 def evaluate(train_src, test_src, *, model_path=None, arch="small", sobel=True,
-             input_size=None, width=None, seed=0, protocols=DEFAULT_PROTOCOLS, knn_k=20,
-             layers="all", probe_dims=None, max_train=50_000, max_test=10_000,
+             input_size=None, width=None, init_seed=0, seed=0, protocols=DEFAULT_PROTOCOLS,
+             knn_k=20, layers="all", probe_dims=None, max_train=50_000, max_test=10_000,
              batch_size=128, workers=2, query_src=None, database_src=None) -> dict:
-    """Evaluates a model (`model_path`) or, with no path, the seeded random init of the given
-    architecture (the baseline). Returns the results as plain JSON types."""
+    """Evaluates a model (`model_path`) or, with no path, the random init of the given
+    architecture seeded by `init_seed` (the baseline). `seed` draws the subsets and seeds the
+    k-means. Returns the results as plain JSON types."""
     protocols = check_protocols(protocols, train_src, test_src, query_src, database_src)
     model, model_info = model_for_eval(model_path, arch=arch, sobel=sobel,
-                                       input_size=input_size, width=width, seed=seed)
+                                       input_size=input_size, width=width, seed=init_seed)
     result = {"model": model_info, "protocols": list(protocols), "seconds": {}}
     started = time.monotonic()
     if set(protocols) - {"retrieval"}:
@@ -161,6 +167,15 @@ def evaluate(train_src, test_src, *, model_path=None, arch="small", sobel=True,
         result["retrieval"] = retrieval(model, query_src, database_src, workers=workers)
         result["seconds"]["retrieval"] = round(time.monotonic() - begun, 2)
     return result
+
+
+def compare_random(train_src, test_src, *, model_path, init_seed=0, **options) -> dict:
+    """The model and a random init of the same architecture, evaluated on the same images:
+    {trained label: result, random label: result} (the shape the report reads from eval.json)."""
+    trained = evaluate(train_src, test_src, model_path=model_path, **options)
+    arch = {k: trained["model"][k] for k in ("arch", "sobel", "input_size", "width")}
+    baseline = evaluate(train_src, test_src, init_seed=init_seed, **arch, **options)
+    return {model_label(trained): trained, model_label(baseline): baseline}
 
 
 def _classification(train_src, test_src, tap, protocols, knn_k, max_train, max_test, io, seed):
