@@ -9,7 +9,7 @@ from shard_data import collection, file_digests, hostile_rows, rejects, serve_ph
 
 from dcpipe.shards.manifest import load_manifest
 from dcpipe.shards.naming import is_valid_key
-from dcpipe.stages.shard import shard
+from dcpipe.stages.shard import resolve_nodes, shard
 from dcpipe.stages.sources import SourceError
 
 QUICK = {"progress": False, "timeout": 3.0, "max_bytes": 1 << 20}  # generous: CI machines are busy
@@ -135,3 +135,11 @@ def test_bad_options_and_changed_options_fail_clearly(server, tmp_path):
     with pytest.raises(SourceError, match="image_size: planned 256, now 128"):
         shard(src, out, image_size=128, **QUICK)
     assert json.loads((out / "plan.json").read_text())["sources"]
+
+
+def test_node_split_comes_from_torchrun_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert resolve_nodes() == (1, 3) and resolve_nodes(0, 1) == (0, 1)
+    with pytest.raises(ValueError, match="node_rank"):
+        resolve_nodes(3, 3)
