@@ -1,7 +1,8 @@
 """A real HTTP server on 127.0.0.1 (in a thread) serving images and misbehaving on purpose.
 
 Routes: `/f/<name>` serves `server.files[name]` as image/jpeg (HTML too: a web page served as
-an image); `/delay/<name>` (the same, 0.05 s late); `/status/<code>`; `/redirect?to=<url>` (302); `/slow` (drips a byte every 0.2 s);
+an image); `/delay/<name>` (the same, 0.05 s late); `/status/<code>`; `/redirect?to=<url>`
+(302); `/slow` (drips a byte every 0.2 s);
 `/reset` (closes the connection with a TCP reset); `/endless` (a body with no end, capped here
 at 64 MiB so the test server always stops); `/announced-huge` (Content-Length of 1 TB).
 Every loop is bounded in count and time.

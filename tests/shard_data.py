@@ -34,7 +34,8 @@ def hostile_rows(server, tmp_path: Path) -> list[tuple[dict, str]]:
     for name, (data, reason) in bad_inputs().items():
         server.files[name] = data
         (tmp_path / name).write_bytes(data)
-        cases += [({"url": server.url(f"f/{name}")}, reason), ({"url": str(tmp_path / name)}, reason)]
+        cases += [({"url": server.url(f"f/{name}")}, reason),
+                  ({"url": str(tmp_path / name)}, reason)]
     return cases + [
         ({"url": server.url("f/missing.jpg")}, "http_404"),
         ({"url": server.url("status/500")}, "http_500"),

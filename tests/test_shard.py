@@ -49,7 +49,8 @@ def _photo_folder(root, names):
 
 
 def test_shards_read_back_with_webdataset_and_tar(tmp_path):
-    root = _photo_folder(tmp_path / "photos", [f"{c}/{i}.jpg" for c in ("cat", "dog") for i in range(3)])
+    names = [f"{c}/{i}.jpg" for c in ("cat", "dog") for i in range(3)]
+    root = _photo_folder(tmp_path / "photos", names)
     out = tmp_path / "shards"
     shard(root, out, shard_size=4, progress=False)
     tars = sorted(str(p) for p in out.glob("*.tar"))
@@ -57,7 +58,8 @@ def test_shards_read_back_with_webdataset_and_tar(tmp_path):
     assert [s["json"]["label"] for s in samples] == ["cat"] * 3 + ["dog"] * 3
     assert all(s["jpg"].size == (300, 200) for s in samples)
     names = subprocess.run(["tar", "-tf", tars[0]], capture_output=True, text=True, check=True)
-    assert names.stdout.split() == [f"00000000000{i}.{e}" for i in range(4) for e in ("jpg", "json")]
+    expected = [f"00000000000{i}.{e}" for i in range(4) for e in ("jpg", "json")]
+    assert names.stdout.split() == expected
     assert [e["classes"] for e in load_manifest(out)["shards"]] == [["cat", "dog"], ["dog"]]
 
 

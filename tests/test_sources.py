@@ -59,7 +59,8 @@ def test_jsonl_and_text_lists(tmp_path):
     assert rows[0].meta == {"tags": ["x"]} and rows[2].meta == {"n": 2}
     text = tmp_path / "urls.txt"
     text.write_text("http://h/1.jpg\n\n  file:///x/2.jpg  \n")
-    assert [(r.row, r.source) for r in _rows(text)] == [(0, "http://h/1.jpg"), (1, "file:///x/2.jpg")]
+    assert [(r.row, r.source) for r in _rows(text)] == [
+        (0, "http://h/1.jpg"), (1, "file:///x/2.jpg")]
 
 
 def test_parquet_is_read_in_batches(tmp_path, monkeypatch):
@@ -76,15 +77,17 @@ def test_parquet_is_read_in_batches(tmp_path, monkeypatch):
 
 def test_yfcc_both_releases_decode_text_and_reject_videos(tmp_path):
     src = tmp_path / "yfcc100m_dataset"
-    src.write_text("\n".join([_yfcc25("http://farm8/a.jpg", "0"), _yfcc23("http://farm8/b.jpg", "0"),
-                              _yfcc25("http://farm8/v.mp4", "1"), "too\tfew\tfields"]) + "\n")
+    lines = [_yfcc25("http://farm8/a.jpg", "0"), _yfcc23("http://farm8/b.jpg", "0"),
+             _yfcc25("http://farm8/v.mp4", "1"), "too\tfew\tfields"]
+    src.write_text("\n".join(lines) + "\n")
     rows = _rows(src)  # detected from the name
     assert rows == _rows(src, format="yfcc100m")
     assert [(r.source, r.reject) for r in rows] == [
         ("http://farm8/a.jpg", None), ("http://farm8/b.jpg", None),
         ("http://farm8/v.mp4", "video"), (None, "bad_line")]
     meta = rows[0].meta
-    assert meta["description"] == "My café & tea" and meta["capture_device"] == "Canon PowerShot ELPH 310 HS"
+    assert meta["description"] == "My café & tea"
+    assert meta["capture_device"] == "Canon PowerShot ELPH 310 HS"
     assert meta["user_tags"] == ["canon", "café noir", "powershot"] and meta["machine_tags"] == []
     assert (meta["longitude"], meta["accuracy"], meta["photo_id"]) == (-0.1278, 16, "6985418911")
     assert "photo_hash" not in rows[1].meta and rows[1].meta["user_tags"] == meta["user_tags"]
