@@ -17,15 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import transforms
 
 from . import probes
 from .activations import PENULTIMATE, Tap
 from .evaltable import model_label
 from .imagesets import ImageSet
-from .models import (CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD, build_model, eval_transform,
-                     load_model)
-from .retrieval import mean_average_precision, rmac
+from .models import build_model, eval_transform, load_model
+from .retrieval import retrieval_map
 
 PROTOCOLS = ("linear", "knn", "kmeans", "retrieval")
 DEFAULT_PROTOCOLS = ("linear", "knn", "kmeans")
@@ -85,11 +83,11 @@ def labelled_features(src, tap, classes, stats, *, max_items, seed, batch_size, 
             yield tap(batch.images[torch.from_numpy(known)]), labels[known]
 
 
-def _rows(parts, dim) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+def _rows(parts) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def train_pass(src, tap, classes, protocols, knn_k, io):
+def fit_pass(src, tap, classes, protocols, knn_k, io):
     """Fits a probe per layer and keeps the penultimate rows for k-NN."""
     stats = SetStats(src)
     ridge, knn_rows, knn_labels = {}, [], []
@@ -104,12 +102,12 @@ def train_pass(src, tap, classes, protocols, knn_k, io):
         raise ValueError(f"no labelled, readable image in the training set {src}")
     knn = None
     if knn_rows:
-        knn = probes.KnnClassifier(_rows(knn_rows, 0), np.concatenate(knn_labels),
+        knn = probes.KnnClassifier(_rows(knn_rows), np.concatenate(knn_labels),
                                    k=knn_k, temperature=probes.KNN_TEMPERATURE)
     return stats.info, {name: p.fit() for name, p in ridge.items()}, knn
 
 
-def test_pass(src, tap, classes, fitted, knn, keep_rows, io):
+def score_pass(src, tap, classes, fitted, knn, keep_rows, io):
     """Correct predictions per layer and for k-NN; the penultimate rows if k-means needs them."""
     stats = SetStats(src)
     correct = dict.fromkeys([*fitted, *(["knn"] if knn else [])], 0)
@@ -125,7 +123,7 @@ def test_pass(src, tap, classes, fitted, knn, keep_rows, io):
     if not stats.info["images"]:
         raise ValueError(f"no labelled, readable image in the test set {src}")
     labels = np.concatenate(kept_labels) if kept_labels else np.zeros(0, np.int64)
-    return stats.info, correct, (_rows(kept, 0), labels)
+    return stats.info, correct, (_rows(kept), labels)
 
 
 def check_protocols(protocols, train_src, test_src, query_src, database_src) -> tuple:
@@ -160,11 +158,11 @@ def evaluate(train_src, test_src, *, model_path=None, arch="small", sobel=True,
                   probe_dims=probe_dims)
         io = {"seed": seed, "batch_size": batch_size, "workers": workers}
         result.update(_classification(train_src, test_src, tap, protocols, knn_k,
-                                      max_train, max_test, io, seed))
+                                      (max_train, max_test), io))
         result["seconds"]["classification"] = round(time.monotonic() - started, 2)
     if "retrieval" in protocols:
         begun = time.monotonic()
-        result["retrieval"] = retrieval(model, query_src, database_src, workers=workers)
+        result["retrieval"] = retrieval_map(model, query_src, database_src, workers=workers)
         result["seconds"]["retrieval"] = round(time.monotonic() - begun, 2)
     return result
 
@@ -178,13 +176,13 @@ def compare_random(train_src, test_src, *, model_path, init_seed=0, **options) -
     return {model_label(trained): trained, model_label(baseline): baseline}
 
 
-def _classification(train_src, test_src, tap, protocols, knn_k, max_train, max_test, io, seed):
-    classes = ClassIndex()
+def _classification(train_src, test_src, tap, protocols, knn_k, limits, io):
+    classes, (max_train, max_test) = ClassIndex(), limits
     out, fitted, knn = {}, {}, None
     if {"linear", "knn"} & set(protocols):
-        out["train"], fitted, knn = train_pass(train_src, tap, classes, protocols, knn_k,
+        out["train"], fitted, knn = fit_pass(train_src, tap, classes, protocols, knn_k,
                                                {**io, "max_items": max_train})
-    out["test"], correct, (rows, labels) = test_pass(
+    out["test"], correct, (rows, labels) = score_pass(
         test_src, tap, classes, fitted, knn, "kmeans" in protocols,
         {**io, "max_items": max_test})
     images = out["test"]["images"]
@@ -197,28 +195,7 @@ def _classification(train_src, test_src, tap, protocols, knn_k, max_train, max_t
         out["knn"] = {"top1": correct["knn"] / images, "k": knn.k,
                       "temperature": knn.temperature}
     if "kmeans" in protocols:
-        out["kmeans"] = probes.kmeans_quality(rows, labels, k=len(np.unique(labels)), seed=seed)
+        out["kmeans"] = probes.kmeans_quality(rows, labels, k=len(np.unique(labels)),
+                                              seed=io["seed"])
     out["classes"] = len(classes.ids)
     return out
-
-
-def retrieval_descriptors(model, src, workers) -> tuple[np.ndarray, list]:
-    """R-MAC of the last conv layer for each labelled image, uncropped (whole image, shorter
-    side scaled as the central crop's context), one image at a time as sizes differ."""
-    side = round(model.config["input_size"] / CENTER_CROP_RATIO)
-    transform = transforms.Compose([transforms.Resize(side), transforms.ToTensor(),
-                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    descriptors, labels = [], []
-    for batch in ImageSet(src).batches(transform, batch_size=1, workers=workers):
-        if batch.images is not None and batch.labels[0] is not None:
-            with torch.no_grad():
-                descriptors.append(rmac(model.conv_activations(batch.images)[-1]).numpy())
-            labels.append(batch.labels[0])
-    return _rows(descriptors, 0), labels
-
-
-def retrieval(model, query_src, database_src, *, workers=2) -> dict:
-    queries, query_labels = retrieval_descriptors(model, query_src, workers)
-    database, db_labels = retrieval_descriptors(model, database_src, workers)
-    return {"map": mean_average_precision(queries, query_labels, database, db_labels),
-            "queries": len(queries), "database": len(database)}

@@ -58,11 +58,15 @@ def report(workspace_dir, out_dir, *, rounds=None, **options) -> Path:
                 sizes_section(records), examples_section(workspace, records, opts),
                 neighbours_section(workspace, models, opts), filters_section(models),
                 eval_section(records)]
+    written = []
     for section in sections:
         for name, png, _ in section.figures:
-            atomic_write_bytes(out_dir / name, png)
+            written.append(out_dir / name)
+            atomic_write_bytes(written[-1], png)
     page = out_dir / "index.html"
     atomic_write_bytes(page, render_page(workspace, records, sections).encode())
+    for path in [*written, page]:
+        path.chmod(0o644)  # temp files are private; a report is meant to be shared or served
     return page
 
 

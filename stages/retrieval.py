@@ -6,12 +6,19 @@ L2-normalised again. Region side at level l is 2 min(H, W) / (l + 1) (level 1: m
 each axis the fewest positions such that neighbouring regions overlap by at least 40%, which
 gives 1, 2x2 and 3x3 regions at levels 1-3 on a square map. The paper's learned PCA-whitening
 of region vectors is left out: it needs an independent landmark set we do not have.
+
+`retrieval_map` is the protocol on image sets: a database image is relevant to a query when it
+has the query's label (instance id).
 """
 
 import math
 
 import numpy as np
 import torch
+from torchvision import transforms
+
+from .imagesets import ImageSet
+from .models import CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 
 MIN_OVERLAP = 0.4
 
@@ -60,3 +67,26 @@ def mean_average_precision(query_desc, query_labels, db_desc, db_labels) -> floa
     aps = [average_precision(sims[i], db_labels == query_labels[i])
            for i in range(len(query_labels)) if np.any(db_labels == query_labels[i])]
     return float(np.mean(aps)) if aps else 0.0
+
+
+def retrieval_descriptors(model, src, workers) -> tuple[np.ndarray, list]:
+    """R-MAC of the last conv layer for each labelled image, uncropped (whole image, shorter
+    side scaled as the central crop's context), one image at a time as sizes differ."""
+    side = round(model.config["input_size"] / CENTER_CROP_RATIO)
+    transform = transforms.Compose([transforms.Resize(side), transforms.ToTensor(),
+                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    descriptors, labels = [], []
+    for batch in ImageSet(src).batches(transform, batch_size=1, workers=workers):
+        if batch.images is not None and batch.labels[0] is not None:
+            with torch.no_grad():
+                descriptors.append(rmac(model.conv_activations(batch.images)[-1]).numpy())
+            labels.append(batch.labels[0])
+    return (np.concatenate(descriptors) if descriptors else np.zeros((0, 0), np.float32)), labels
+
+
+def retrieval_map(model, query_src, database_src, *, workers=2) -> dict:
+    """mAP of a model's R-MAC descriptors: queries ranked against the database."""
+    queries, query_labels = retrieval_descriptors(model, query_src, workers)
+    database, db_labels = retrieval_descriptors(model, database_src, workers)
+    return {"map": mean_average_precision(queries, query_labels, database, db_labels),
+            "queries": len(queries), "database": len(database)}
