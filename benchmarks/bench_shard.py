@@ -150,7 +150,8 @@ def main():
     opts = parser.parse_args()
     photos = sorted(opts.photos.rglob("*.jpg"))
     if not photos:
-        sys.exit(f"no photos under {opts.photos}")
+        print(f"bench_shard: skipped, no photos under {opts.photos} (pass --photos DIR)")
+        return
     httpd = serve(opts.photos)
     base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
     with tempfile.TemporaryDirectory() as tmp:
