@@ -1,6 +1,6 @@
 """Reading a collection: which shards it has, and the samples of one shard in tar order.
 
-Works on our own shards (listed by manifest.json) and on WebDataset shards written by other
+Works on our own shards (listed by manifest.jsonl) and on WebDataset shards written by other
 tools such as img2dataset (any `*.tar` in the folder, in sorted order, samples counted from the
 tar headers). Row `i` of a shard is its `i`-th sample in tar order, everywhere in dcpipe.
 """

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dcpipe.shards.manifest import has_manifest
 from dcpipe.shards.reader import ShardReadError, iter_shard, list_shards
 
 from .fetch import FetchError, fetch
@@ -58,7 +59,7 @@ class Batch:
 
 
 def is_shard_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "manifest.json").exists() or any(path.glob("*.tar")))
+    return path.is_dir() and (has_manifest(path) or any(path.glob("*.tar")))
 
 
 class ImageSet:

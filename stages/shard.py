@@ -20,7 +20,7 @@ were published but not yet recorded, redoes planned-but-missing ones with their 
 and plans rows a grown source gained as new shards; existing shards are never rewritten.
 
 Several nodes (`node_rank/num_nodes`, or RANK/WORLD_SIZE from torchrun) write disjoint shards
-and leave manifest.json alone (one writer only); a later run with one node records their shards.
+and leave manifest.jsonl alone (one writer only); a later run with one node records their shards.
 They must start from the same source file. De-duplication needs the whole collection in one
 place, so it requires `num_nodes == 1`.
 """

@@ -110,3 +110,12 @@ def test_member_without_image_is_an_error_sample(tmp_path):
         tar.addfile(info, io.BytesIO(b"{}"))
     [sample] = list(iter_shard(tmp_path / "x.tar"))
     assert sample.image is None and sample.error == "no image member"
+
+
+def test_manifest_append_cut_by_a_kill_is_skipped_then_repaired(tmp_path):
+    _write(tmp_path, 0, 1)
+    with open(tmp_path / "manifest.jsonl", "ab") as f:
+        f.write(b'{"index": 1, "name": "0000')  # what a kill mid-append leaves
+    assert [e["index"] for e in load_manifest(tmp_path)["shards"]] == [0]
+    _write(tmp_path, 2, 1)
+    assert [e["index"] for e in load_manifest(tmp_path)["shards"]] == [0, 2]
