@@ -78,23 +78,30 @@ def init(ctx):
 @click.option("--format", "fmt", help="Override the format taken from the file (e.g. yfcc100m).")
 @click.option("--url-col", help="Column holding the source (default: a column named url or path).")
 @click.option("--key-col", help="Column holding a key for each sample.")
+@click.option("--meta-cols", help="Comma list of columns carried into each sample's JSON (default: all).")
 @click.option("--image-size", type=int)
 @click.option("--shard-size", type=int)
-@click.option("--workers", type=int)
+@click.option("--workers", type=int, help="Processes.")
+@click.option("--threads", type=int, help="Downloads in flight per process.")
 @click.option("--dedup/--no-dedup", default=None)
 @click.option("--timeout", type=float)
 @click.option("--max-bytes", type=int)
 @click.option("--node-rank", type=int, default=None, help="This node (default: torchrun's RANK or 0).")
 @click.option("--num-nodes", type=int, default=None, help="Nodes in all (default: WORLD_SIZE or 1).")
-@handled(locked=True)
-def shard(ctx, src, fmt, url_col, key_col, node_rank, num_nodes, **flags):
+@handled(locked=False)
+def shard(ctx, src, fmt, url_col, key_col, meta_cols, node_rank, num_nodes, **flags):
     """Turn an image source into WebDataset shards in WS/shards (only rows not yet sharded)."""
-    from dcpipe.stages.shard import shard as run_shard
+    from dcpipe.stages.shard import resolve_nodes, shard as run_shard
 
     ws = ctx.obj["ws"]
     s = layered(ctx, "shard", **flags)["shard"]
-    stats = run_shard(src, ws.shards_dir, format=fmt, url_col=url_col, key_col=key_col,
-                      node_rank=node_rank, num_nodes=num_nodes, progress=ctx.obj["progress"], **s)
+    rank, world = resolve_nodes(node_rank, num_nodes)
+    # Nodes sharing a workspace write disjoint shards: each holds a lock of its own.
+    lock = ws.lock_path if world == 1 else ws.root / f".lock.node{rank}"
+    with workspace_lock(lock):
+        stats = run_shard(src, ws.shards_dir, format=fmt, url_col=url_col, key_col=key_col,
+                          meta_cols=meta_cols.split(",") if meta_cols else None,
+                          node_rank=rank, num_nodes=world, progress=ctx.obj["progress"], **s)
     echo_json(stats)
 
 
