@@ -212,10 +212,10 @@ class RoundTraining:
         self.ctx, self.out_dir = ctx, out_dir
         self.ckpt_path = out_dir / "ckpt" / "last.pt"
         self.k = _checked_k(shards, labels_dir)
-        self.ckpt = _load_checkpoint(self.ckpt_path)
-        if self.ckpt is not None:
-            config = {**config, "streams": self.ckpt["config"]["streams"]}
-            _check_same_config(self.ckpt["config"], config, self.ckpt_path)
+        ckpt = _load_checkpoint(self.ckpt_path)
+        if ckpt is not None:
+            config = {**config, "streams": ckpt["config"]["streams"]}
+            _check_same_config(ckpt["config"], config, self.ckpt_path)
         self.config = config
         mine = [s for pos, s in enumerate(shards) if pos % ctx.world == ctx.rank]
         self.sizes = ctx.sum(torch.from_numpy(cluster_sizes(mine, labels_dir, self.k))).numpy()
@@ -227,14 +227,14 @@ class RoundTraining:
         draws = torch.zeros(ctx.world, dtype=torch.int64)
         draws[ctx.rank] = sum(self.lengths)
         self.plan = StepPlan.make(ctx.sum(draws).tolist(), config["batch_size"])
-        self.model, self.body_opt, self.top_opt = self._model_and_optimisers()
+        self.model, self.body_opt, self.top_opt = self._model_and_optimisers(ckpt is None)
         self.tally = Tally(self.k, ctx.device)
         self.step, self.loss_curve, self.elapsed_before = 0, [], 0.0
-        if self.ckpt is not None:
-            self._resume(self.ckpt)
+        if ckpt is not None:
+            self._resume(ckpt)
 
     # ------------------------------------------------------------ setup
-    def _model_and_optimisers(self):
+    def _model_and_optimisers(self, fresh: bool):
         c = self.config
         if c["model_path"] is None:
             model = build_model(c["arch"], sobel=c["sobel"], input_size=c["input_size"],
@@ -247,7 +247,7 @@ class RoundTraining:
         body = torch.optim.SGD(model.body_parameters(), lr=c["lr"], momentum=c["momentum"],
                                weight_decay=c["weight_decay"])
         top = torch.optim.SGD(model.top.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
-        if c["body_optim_path"] is not None and self.ckpt is None:
+        if c["body_optim_path"] is not None and fresh:
             _load_body_optimiser(body, c)
         return model, body, top
 
