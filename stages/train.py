@@ -96,6 +96,8 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
         cuda = torch.cuda.is_available()
         self.device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)  # NCCL's collectives run on the current device
         self.created = self.world > 1 and not dist.is_initialized()
         if self.created:
             dist.init_process_group("nccl" if cuda else "gloo", rank=self.rank,
