@@ -51,7 +51,9 @@ def layered(ctx, section: str, **flags) -> dict:
 
 
 def echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=1, default=str))
+    """Print a stage's result once: under torchrun every rank returns it, rank 0 prints it."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps(obj, indent=1, default=str))
 
 
 @click.group()
