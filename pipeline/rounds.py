@@ -92,7 +92,8 @@ def train_round(ws: Workspace, r: int, config: dict, progress: bool = True) -> d
                  seed=round_seed(config, r, "train"), init_seed=config["seed"], lr=t["lr"],
                  momentum=t["momentum"], weight_decay=t["weight_decay"], batch_size=t["batch_size"],
                  reassign=t["reassign"], workers=t["workers"],
-                 checkpoint_every=t["checkpoint_every"], progress=progress, **model_args(config))
+                 checkpoint_every=t["checkpoint_every"], round_index=r, progress=progress,
+                 **model_args(config))
 
 
 STEP_FUNCTIONS = {"extract": extract_round, "cluster": cluster_round, "train": train_round}

@@ -22,17 +22,22 @@ def publish(tmp_path: Path, final_path: Path) -> None:
     fsync_dir(Path(final_path).parent)
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def atomic_write_with(path, write) -> None:
+    """Call `write(f)` on a temp file beside `path`, then publish it as `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         publish(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    atomic_write_with(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path, obj) -> None:

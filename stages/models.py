@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import transforms
+
+from dcpipe.shards.atomic import atomic_write_bytes, atomic_write_with
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -240,15 +241,6 @@ def build_model(arch: str, *, sobel: bool = True, input_size: int | None = None,
 
 
 # ---------------------------------------------------------------- checkpoints
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_model(path, model: DeepClusterNet, meta: dict | None = None) -> dict:
     """Write `path` (.pt: state dict + meta) then `path.with_suffix('.json')` (meta). Atomic.
 
@@ -259,8 +251,8 @@ def save_model(path, model: DeepClusterNet, meta: dict | None = None) -> dict:
     full = {**(meta or {}), **model.config, "format": CHECKPOINT_FORMAT}
     text = json.dumps(full, indent=2, sort_keys=True)  # also proves meta is plain JSON
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(path, lambda f: torch.save({"state_dict": state, "meta": full}, f))
-    _atomic_write(path.with_suffix(".json"), lambda f: f.write(text.encode() + b"\n"))
+    atomic_write_with(path, lambda f: torch.save({"state_dict": state, "meta": full}, f))
+    atomic_write_bytes(path.with_suffix(".json"), text.encode() + b"\n")
     return full
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dcpipe.shards.atomic import atomic_write_json, publish, read_json
+from dcpipe.shards.atomic import atomic_write_json, atomic_write_with, read_json
 from dcpipe.shards.reader import ShardInfo
 
 from .labels import LabelsError, read_index
@@ -56,7 +56,8 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, *, model_path=None, body
           weight_decay: float = 1e-5, batch_size: int = 256, reassign: float = 1.0,
           workers: int = 2, checkpoint_every: int = 200, loss_every: int = 10,
           interleave: int = 16, window: int = 4096, rank: int | None = None,
-          world_size: int | None = None, progress: bool = True) -> dict:
+          world_size: int | None = None, round_index: int | None = None,
+          progress: bool = True) -> dict:
     """Train one round; returns the train.json record (at once if the round is already trained).
 
     `model_path` None = round 0: a random init seeded by `init_seed` (default `seed`; pass the
@@ -74,8 +75,8 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, *, model_path=None, body
         "model_path": None if model_path is None else str(model_path),
         "body_optim_path": None if body_optim_path is None else str(body_optim_path),
         "arch": arch, "sobel": sobel, "input_size": input_size, "width": width, "seed": seed,
-        "init_seed": seed if init_seed is None else init_seed, "lr": lr, "momentum": momentum,
-        "weight_decay": weight_decay, "batch_size": batch_size, "reassign": reassign,
+        "round": round_index, "init_seed": seed if init_seed is None else init_seed, "lr": lr,
+        "momentum": momentum, "weight_decay": weight_decay, "batch_size": batch_size, "reassign": reassign,
         "loss_every": loss_every, "interleave": interleave, "window": window, "chunk": CHUNK,
         "streams": max(1, workers),
     }
@@ -347,7 +348,8 @@ class RoundTraining:
         record = self._record(first, timing)
         if self.ctx.rank == 0:
             save_model(self.out_dir / "model.pt", self.model,
-                       {"k": self.k, "train_seed": self.config["seed"], "steps": self.plan.steps})
+                       {"k": self.k, "round": self.config["round"], "train_seed": self.config["seed"],
+                        "steps": self.plan.steps})
             _save(self.out_dir / "optim_body.pt", self.body_opt.state_dict())
             atomic_write_json(self.out_dir / "train.json", record)
         if self.ctx.world > 1:
@@ -432,11 +434,7 @@ def _load_checkpoint(path: Path) -> dict | None:
 
 
 def _save(path: Path, obj) -> None:
-    """torch.save to a temp name, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    publish(tmp, path)
+    atomic_write_with(path, lambda f: torch.save(obj, f))
 
 
 def _cpu_state(model) -> dict:
