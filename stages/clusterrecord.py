@@ -7,8 +7,14 @@ samples matched by shard name and key) and NMI / ARI / accuracy against the stor
 
 import numpy as np
 
-from . import metrics
 from .labels import LabelsError, load_labels, read_index
+
+
+def _metrics():
+    """stages.metrics, imported only once scores are due: scikit-learn adds ~60 MB to the
+    process, which then lands after the k-means sample is freed instead of under the peak."""
+    from . import metrics
+    return metrics
 
 
 def size_summary(sizes: np.ndarray) -> dict:
@@ -27,7 +33,7 @@ def true_label_scores(labels: np.ndarray, true: np.ndarray | None) -> dict:
     """nmi_true / ari_true / acc_true / n_true (None when the store carries no true labels)."""
     if true is None or not ((labels >= 0) & (true >= 0)).any():
         return {"nmi_true": None, "ari_true": None, "acc_true": None, "n_true": 0}
-    scores = metrics.compare(labels, true)
+    scores = _metrics().compare(labels, true)
     return {"nmi_true": scores["nmi"], "ari_true": scores["ari"], "acc_true": scores["acc"],
             "n_true": scores["n"]}
 
@@ -57,5 +63,5 @@ class PreviousRound:
         cur = np.concatenate(self.current) if self.current else np.zeros(0, np.int32)
         prev = np.concatenate(self.previous) if self.previous else np.zeros(0, np.int32)
         matched = int(((cur >= 0) & (prev >= 0)).sum())
-        return {"nmi_prev": metrics.nmi(cur, prev) if matched else None, "n_prev_matched": matched,
+        return {"nmi_prev": _metrics().nmi(cur, prev) if matched else None, "n_prev_matched": matched,
                 "prev_labels_dir": str(self.dir) if self.dir else None}

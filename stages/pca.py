@@ -58,9 +58,12 @@ class WhiteningPCA:
 
     def apply(self, rows: np.ndarray) -> np.ndarray:
         """Project, whiten and L2-normalise: (n, D) any float -> (n, d) float32 unit rows."""
-        y = (rows.astype(np.float32) - self.mean.astype(np.float32)) @ self.matrix.T
-        norms = np.linalg.norm(y, axis=1, keepdims=True)
-        return y / np.maximum(norms, np.finfo(np.float32).tiny)
+        centred = rows.astype(np.float32)
+        centred -= self.mean.astype(np.float32)
+        y = centred @ self.matrix.T
+        norms = np.sqrt(np.einsum("ij,ij->i", y, y))[:, None]
+        y /= np.maximum(norms, np.finfo(np.float32).tiny)
+        return y
 
     def save(self, path) -> None:
         buffer = io.BytesIO()

@@ -11,18 +11,21 @@ import numpy as np
 
 
 class RowSample:
-    def __init__(self, valid: np.ndarray, chunk_rows: int, size: int, seed: int):
+    """`size` valid rows (all of them if fewer); `stream` tells independent samples of one seed apart."""
+
+    def __init__(self, valid: np.ndarray, chunk_rows: int, size: int, seed: int, stream: int = 0):
         self.valid = valid
         self.chunk_rows = chunk_rows
-        self.seed = seed
+        self.seed = (seed, stream)
         starts = np.arange(0, len(valid), chunk_rows)
-        per_chunk = np.add.reduceat(valid.astype(np.int64), starts) if len(valid) else np.zeros(0, np.int64)
-        self.everything = size >= per_chunk.sum()
+        self.valid_counts = (np.add.reduceat(valid.astype(np.int64), starts) if len(valid)
+                             else np.zeros(0, np.int64))
+        self.everything = size >= self.valid_counts.sum()
         if self.everything:
-            self.counts = per_chunk
+            self.counts = self.valid_counts
         else:
-            rng = np.random.default_rng([seed, 0])
-            self.counts = rng.multivariate_hypergeometric(per_chunk, size)
+            rng = np.random.default_rng([seed, stream, 0])
+            self.counts = rng.multivariate_hypergeometric(self.valid_counts, size)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
         self.size = int(self.offsets[-1])
 
@@ -30,7 +33,8 @@ class RowSample:
         first = c * self.chunk_rows
         local = np.flatnonzero(self.valid[first:first + self.chunk_rows])
         if len(local) > self.counts[c]:
-            pick = np.random.default_rng([self.seed, 1, c]).choice(len(local), self.counts[c], replace=False)
+            rng = np.random.default_rng([*self.seed, 1, c])
+            pick = rng.choice(len(local), self.counts[c], replace=False)
             local = local[np.sort(pick)]
         return first + local
 
@@ -46,12 +50,19 @@ class RowSample:
 
     def wanted_blocks(self, block_rows: int) -> np.ndarray:
         """Boolean per read block: does it hold any sampled row?"""
-        per_block = block_rows // self.chunk_rows
-        padded = np.zeros(-(-len(self.counts) // per_block) * per_block, np.int64)
-        padded[:len(self.counts)] = self.counts
-        return padded.reshape(-1, per_block).sum(axis=1) > 0
+        return _any_per_block(self.counts, block_rows // self.chunk_rows)
+
+    def unsampled_blocks(self, block_rows: int) -> np.ndarray:
+        """Boolean per read block: does it hold a valid row outside the sample?"""
+        return _any_per_block(self.valid_counts - self.counts, block_rows // self.chunk_rows)
 
     def by_chunk(self):
         """(sampled rows of a chunk, their first index in the sample) for every chunk with some."""
         for c in np.flatnonzero(self.counts):
             yield self._chunk_rows(c), int(self.offsets[c])
+
+
+def _any_per_block(per_chunk: np.ndarray, chunks_per_block: int) -> np.ndarray:
+    padded = np.zeros(-(-len(per_chunk) // chunks_per_block) * chunks_per_block, np.int64)
+    padded[:len(per_chunk)] = per_chunk
+    return padded.reshape(-1, chunks_per_block).sum(axis=1) > 0

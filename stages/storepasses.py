@@ -1,8 +1,9 @@
 """The streaming passes of the cluster stage: each reads the store block by block.
 
-1. PCA statistics over the sampled rows;  2. the sampled rows, projected (the only O(sample)
-array);  3. every valid row, assigned;  4. (only with empty clusters) the rows of the clusters
-being split. Blocks without a row a pass needs are not read.
+1. PCA statistics over the PCA sample;  2. the k-means sample, projected (the only O(sample)
+array; its rows are later assigned from RAM);  3. every valid row outside the sample, assigned;
+4. (only with empty clusters) the rows of the clusters being split. Blocks without a row a pass
+needs are not read: with a sample of every row, pass 3 reads nothing.
 """
 
 from typing import Callable
@@ -17,6 +18,7 @@ from .storeread import StoreError, iter_blocks
 
 # assign(x) -> (int32 label per row of x, float32 squared distance to what it was assigned to)
 Assigner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+SEARCH_BATCH = 65536  # sampled rows searched at once
 
 
 def _blocks(store: FeatureStore, block: int, wanted, desc: str, progress: bool):
@@ -57,18 +59,31 @@ def project_sample(store: FeatureStore, sample: RowSample, block: int, pca: Whit
     return x
 
 
-def assign_all(store: FeatureStore, valid: np.ndarray, block: int, pca: WhiteningPCA,
-               assign: Assigner, progress: bool) -> tuple[np.ndarray, float]:
-    """int32 label per store row (-1 where not valid) and the summed squared distances."""
-    labels = np.full(store.n_rows, -1, dtype=np.int32)
+def assign_sample(x: np.ndarray, sample: RowSample, assign: Assigner, labels: np.ndarray) -> float:
+    """Label the sampled rows from their projected features, still in RAM: no second read."""
+    found = np.empty(len(x), dtype=np.int32)
     total = 0.0
-    for start, feats in _blocks(store, block, None, "assign", progress):
+    for first in range(0, len(x), SEARCH_BATCH):
+        part, dist = assign(x[first:first + SEARCH_BATCH])
+        found[first:first + len(part)] = part
+        total += float(dist.sum(dtype=np.float64))
+    for rows, first in sample.by_chunk():
+        labels[rows] = found[first:first + len(rows)]
+    return total
+
+
+def assign_rest(store: FeatureStore, valid: np.ndarray, sample: RowSample, block: int,
+                pca: WhiteningPCA, assign: Assigner, labels: np.ndarray, progress: bool) -> float:
+    """Label every valid row outside the sample, streaming only the blocks holding one."""
+    total = 0.0
+    for start, feats in _blocks(store, block, sample.unsampled_blocks(block), "assign", progress):
         keep = valid[start:start + len(feats)].astype(bool)
+        keep[sample.rows_in(start, start + len(feats)) - start] = False
         if keep.any():
             found, dist = assign(project(pca, feats[keep], start))
             labels[start + np.flatnonzero(keep)] = found
             total += float(dist.sum(dtype=np.float64))
-    return labels, total
+    return total
 
 
 def row_stream(store: FeatureStore, block: int, pca: WhiteningPCA, progress: bool):

@@ -16,7 +16,7 @@ from dcpipe.shards.naming import is_valid_key
 from .featurestore import FeatureStore, open_store
 
 # Rows per read block when the caller does not say: about this many bytes of features.
-BLOCK_BYTES = 32 << 20
+BLOCK_BYTES = 8 << 20
 
 
 class StoreError(ValueError):

@@ -116,6 +116,14 @@ def test_a_sample_smaller_than_the_store_still_labels_every_row(blob_store, tmp_
     assert (small[valid] >= 0).all() and (small[~valid] == -1).all()
 
 
+def test_pca_statistics_come_from_at_most_1000_rows_per_dimension(tmp_path):
+    x, blob = blobs(3000, 2, 3, seed=4, spread=0.5)
+    path = make_store(tmp_path / "f.zarr", x, [1500, 1500], 256, true_labels=blob)
+    record = cluster(path, tmp_path / "out", k=3, seed=0, **QUIET)
+    assert (record["pca_dim"], record["pca_rows"], record["sample_size"]) == (2, 2000, 3000)
+    assert record["nmi_true"] > 0.8
+
+
 def test_no_empty_cluster_even_with_duplicated_points_and_large_k(tmp_path):
     base = np.random.default_rng(0).standard_normal((30, 16))
     x = np.repeat(base, 5, axis=0)  # 150 samples at only 30 distinct points
@@ -133,9 +141,11 @@ def test_no_empty_cluster_even_with_duplicated_points_and_large_k(tmp_path):
 def test_k_larger_than_the_number_of_samples_is_refused(blob_store, tmp_path):
     path, _, _, valid = blob_store
     n = int(valid.sum())
+    cluster(path, tmp_path, k=4, seed=0, pca_dim=8, **QUIET)
     with pytest.raises(ValueError, match=f"k={n + 1} .* N={n}"):
         cluster(path, tmp_path, k=n + 1, seed=0, **QUIET)
-    assert not (tmp_path / "labels").exists()
+    assert (tmp_path / "clusters.json").exists()  # a refused run leaves the round as it was
+    assert read_index(tmp_path / "labels")["k"] == 4
     with pytest.raises(ValueError, match="smaller than k"):
         cluster(path, tmp_path, k=50, seed=0, sample_size=20, **QUIET)
 

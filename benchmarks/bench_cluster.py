@@ -1,0 +1,247 @@
+"""Cluster stage vs the reference approach, on the same synthetic features in a zarr store.
+
+    reference  the authors' way: every valid feature read into RAM as float32,
+               faiss.PCAMatrix(D, d, eigen_power=-0.5) trained on them (faiss itself uses at most
+               1000 x D rows), L2 normalisation, one faiss.Clustering over all points
+               (max_points_per_centroid = 10M as in their code), then index.search on all points
+    streamed   dcpipe's stages.cluster.cluster(): PCA and k-means on a bounded sample, every row
+               assigned by streaming the store, empty clusters split
+
+Each runs in its own process; peak RSS is that process's ru_maxrss (os.wait4). The k-means
+objective is defined identically for both and computed here by streaming the store: the mean,
+over ALL valid points, of the squared distance between the point (projected with that run's own
+PCA, L2-normalised) and its assigned centroid.
+
+    python benchmarks/bench_cluster.py --n 100000 1000000 --k 10000 --niter 20
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARD_SIZE = 10_000
+CHUNK_ROWS = 4096
+
+
+# ------------------------------------------------------------------ data
+def make_blob_store(path: Path, n: int, dim: int, n_blobs: int, seed: int) -> Path:
+    """n Gaussian-blob features (float16, like the extractor's default), written block by block."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from featurestores import create_store, write_rows
+
+    if (path / "zarr.json").exists():
+        return path
+    tmp = path.with_name(path.name + ".partial")
+    counts = [min(SHARD_SIZE, n - s) for s in range(0, n, SHARD_SIZE)]
+    g = create_store(tmp, dim, counts, CHUNK_ROWS, "float16", [f"blob{b}" for b in range(n_blobs)])
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_blobs, dim)).astype(np.float32) * 2
+    scales = rng.uniform(0.5, 2.0, dim).astype(np.float32)  # anisotropic: whitening has work to do
+    for first in range(0, n, SHARD_SIZE * 8):
+        idx = np.arange(first, min(first + SHARD_SIZE * 8, n))
+        blob = rng.integers(0, n_blobs, len(idx))
+        feats = (centres[blob] + rng.standard_normal((len(idx), dim), dtype=np.float32)) * scales
+        write_rows(g, idx, feats, true_labels=blob)
+    g.attrs["complete"] = True
+    tmp.rename(path)
+    return path
+
+
+# ------------------------------------------------------------------ workers (own processes)
+def run_reference(store: Path, out: Path, k: int, pca_dim: int, niter: int, seed: int) -> dict:
+    import faiss
+    import zarr
+
+    timings, start = {}, time.perf_counter()
+    g = zarr.open_group(store, mode="r")
+    valid = g["valid"][:].astype(bool)
+    feats = g["features"]
+    x = np.empty((int(valid.sum()), feats.shape[1]), dtype=np.float32)
+    at = 0
+    for first in range(0, feats.shape[0], 16 * CHUNK_ROWS):
+        block = feats[first:first + 16 * CHUNK_ROWS]
+        keep = valid[first:first + len(block)]
+        x[at:at + keep.sum()] = block[keep]
+        at += keep.sum()
+    timings["load"] = time.perf_counter() - start
+    mat = faiss.PCAMatrix(x.shape[1], pca_dim, -0.5)
+    mat.train(x)
+    y = mat.apply_py(x)
+    del x
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    timings["pca"] = time.perf_counter() - start - timings["load"]
+    clus = faiss.Clustering(pca_dim, k)
+    clus.niter, clus.seed, clus.max_points_per_centroid = niter, seed, 10_000_000
+    index = faiss.IndexFlatL2(pca_dim)
+    clus.train(y, index)
+    timings["train"] = time.perf_counter() - start - timings["load"] - timings["pca"]
+    _, labels = index.search(y, 1)
+    timings["assign"] = time.perf_counter() - start - sum(timings.values())
+    centroids = faiss.vector_to_array(clus.centroids).reshape(k, pca_dim)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "reference.npz", A=faiss.vector_to_array(mat.A).reshape(pca_dim, -1),
+             b=faiss.vector_to_array(mat.b), centroids=centroids, labels=labels[:, 0].astype(np.int32))
+    return {"seconds": time.perf_counter() - start, "timings": timings}
+
+
+def run_streamed(store: Path, out: Path, k: int, pca_dim: int, niter: int, seed: int,
+                 sample_size: int | None) -> dict:
+    from dcpipe.stages.cluster import cluster
+
+    start = time.perf_counter()
+    record = cluster(store, out, k=k, pca_dim=pca_dim, niter=niter, seed=seed,
+                     sample_size=sample_size, progress=False)
+    return {"seconds": time.perf_counter() - start, "timings": record["timings"],
+            "sample_size": record["sample_size"], "own_objective": record["objective_final"],
+            "empty_before_fix": record["empty_before_fix"]}
+
+
+def worker(argv: list[str]) -> None:
+    a = json.loads(argv[0])
+    if a["mode"] == "reference":
+        result = run_reference(Path(a["store"]), Path(a["out"]), a["k"], a["pca_dim"], a["niter"], a["seed"])
+    else:
+        result = run_streamed(Path(a["store"]), Path(a["out"]), a["k"], a["pca_dim"], a["niter"],
+                              a["seed"], a["sample_size"])
+    Path(a["result"]).write_text(json.dumps(result))
+
+
+def measure(mode: str, store: Path, out: Path, **options) -> dict:
+    """Run one worker process; its result plus its peak RSS (bytes) from wait4."""
+    result_path = out / f"{mode}.result.json"
+    args = json.dumps({"mode": mode, "store": str(store), "out": str(out), "result": str(result_path),
+                       **options})
+    proc = subprocess.Popen([sys.executable, __file__, "--worker", args])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{mode} worker failed with exit code {proc.returncode}")
+    return {**json.loads(result_path.read_text()), "peak_rss": usage.ru_maxrss * 1024}
+
+
+# ------------------------------------------------------------------ the shared objective
+def streamed_objective(store: Path, project, centroids: np.ndarray, labels_of_valid: np.ndarray) -> float:
+    """Mean squared distance of every valid point (own projection) to its assigned centroid."""
+    import zarr
+
+    g = zarr.open_group(store, mode="r")
+    valid = g["valid"][:].astype(bool)
+    total, at = 0.0, 0
+    for first in range(0, len(valid), 16 * CHUNK_ROWS):
+        keep = valid[first:first + 16 * CHUNK_ROWS]
+        y = project(g["features"][first:first + len(keep)][keep])
+        lab = labels_of_valid[at:at + len(y)]
+        total += float(((y - centroids[lab]) ** 2).sum(dtype=np.float64))
+        at += len(y)
+    return total / at
+
+
+def reference_objective(store: Path, out: Path) -> tuple[float, np.ndarray]:
+    with np.load(out / "reference.npz") as z:
+        a, b, centroids, labels = z["A"], z["b"], z["centroids"], z["labels"]
+
+    def project(x):
+        y = x.astype(np.float32) @ a.T + b
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+    return streamed_objective(store, project, centroids, labels), labels
+
+
+def dcpipe_objective(store: Path, out: Path) -> tuple[float, np.ndarray]:
+    import zarr
+
+    from dcpipe.stages.labels import load_labels
+    from dcpipe.stages.pca import WhiteningPCA
+
+    g = zarr.open_group(store, mode="r")
+    labels = np.concatenate([load_labels(out / "labels", name)[1] for name in g.attrs["shard_names"]])
+    pca = WhiteningPCA.load(out / "pca.npz")
+    labels = labels[labels >= 0]
+    return streamed_objective(store, pca.apply, np.load(out / "centroids.npy"), labels), labels
+
+
+# ------------------------------------------------------------------ main
+def fastest(runs: list[dict]) -> dict:
+    """The run with the least wall time (the machine is shared: noise only ever adds time)."""
+    best = min(runs, key=lambda r: r["seconds"])
+    return {**best, "runs_seconds": [round(r["seconds"], 1) for r in runs]}
+
+
+def bench_one(store: Path, work: Path, n: int, args) -> list[dict]:
+    from dcpipe.stages import metrics
+
+    options = {"k": args.k, "pca_dim": args.pca_dim, "niter": args.niter, "seed": args.seed}
+    paths = {"reference": ("reference", work / "reference", {})}
+    for sample in args.sample_sizes:
+        size = None if sample == "auto" else int(sample)
+        paths[f"streamed-{sample}"] = ("streamed", work / f"streamed-{sample}", {"sample_size": size})
+    runs = {name: [] for name in paths}
+    for _ in range(args.repeat):  # interleaved, so that load from other users hits all paths alike
+        for name, (mode, out, extra) in paths.items():
+            runs[name].append(measure(mode, store, out, **options, **extra))
+    ref = fastest(runs.pop("reference"))
+    ref["objective"], ref_labels = reference_objective(store, work / "reference")
+    rows = [{"n": n, "path": "reference", **ref, "sample_size": n}]
+    for name, results in runs.items():
+        res = fastest(results)
+        res["objective"], labels = dcpipe_objective(store, paths[name][1])
+        res["nmi_vs_reference"] = metrics.nmi(labels, ref_labels)
+        how = "auto" if name == "streamed-auto" else "fixed"
+        rows.append({"n": n, "path": f"streamed ({how} sample {res['sample_size']:,})", **res})
+    for row in rows:
+        row["time_ratio"] = row["seconds"] / ref["seconds"]
+        row["objective_ratio"] = row["objective"] / ref["objective"]
+        row["rss_ratio"] = row["peak_rss"] / ref["peak_rss"]
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"| N | path | wall s | vs ref | peak RSS MiB | vs ref | objective | vs ref | "
+            f"NMI vs ref |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        nmi = f"{r['nmi_vs_reference']:.3f}" if "nmi_vs_reference" in r else "-"
+        lines.append(f"| {r['n']:,} | {r['path']} | {r['seconds']:.1f} | {r['time_ratio']:.2f}x | "
+                     f"{r['peak_rss'] / 2**20:.0f} | {r['rss_ratio']:.2f}x | {r['objective']:.5f} | "
+                     f"{r['objective_ratio']:.4f} | {nmi} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        return worker(sys.argv[2:])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, nargs="+", default=[20_000, 100_000], help="collection sizes")
+    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--niter", type=int, default=20)
+    p.add_argument("--dim", type=int, default=256, help="feature dimension D")
+    p.add_argument("--pca-dim", type=int, default=256)
+    p.add_argument("--blobs", type=int, default=1000, help="Gaussian blobs in the synthetic data")
+    p.add_argument("--sample-sizes", nargs="+", default=["auto"],
+                   help="streamed runs: 'auto' (cluster()'s default) and/or fixed sample sizes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=1, help="runs per path (interleaved); the fastest counts")
+    p.add_argument("--workdir", type=Path, default=None, help="stores and outputs (default: a temp dir)")
+    args = p.parse_args()
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="bench_cluster_"))
+    rows = []
+    for n in args.n:
+        started = time.perf_counter()
+        store = make_blob_store(root / f"blobs-{n}-{args.dim}-{args.blobs}.zarr", n, args.dim, args.blobs, args.seed)
+        print(f"N={n:,}: store ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        rows += bench_one(store, root / f"run-{n}-{args.k}-{args.niter}", n, args)
+        print(json.dumps(rows[-1 - len(args.sample_sizes):], default=float), file=sys.stderr)
+    print(f"k={args.k}, niter={args.niter}, D={args.dim}, pca_dim={args.pca_dim}, blobs={args.blobs}, "
+          f"repeat={args.repeat} (fastest run counts), {os.cpu_count()} CPUs, faiss threads: all")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
