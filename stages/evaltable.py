@@ -11,7 +11,8 @@ def result_rows(result: dict) -> list[tuple[str, str, float]]:
         rows.append(("knn", f"top-1 (k={result['knn']['k']})", result["knn"]["top1"]))
     if "kmeans" in result:
         km = result["kmeans"]
-        rows += [("kmeans", f"{label} (k={km['k']})", km[key]) for key, label in METRIC_NAMES]
+        how = f"k={km['k']}" + (f", PCA-whitened {km['pca_dim']}" if km.get("pca_dim") else "")
+        rows += [("kmeans", f"{label} ({how})", km[key]) for key, label in METRIC_NAMES]
     if "retrieval" in result:
         rows.append(("retrieval", "mAP (R-MAC)", result["retrieval"]["map"]))
     return rows

