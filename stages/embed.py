@@ -28,11 +28,11 @@ ZARR_CHUNK_ROWS = 4096
 
 
 def embed(src, out_path, *, model_path=None, arch="small", sobel=True, input_size=None,
-          width=None, init_seed=0, batch_size=128, workers=2) -> dict:
+          width=None, seed=0, batch_size=128, workers=2) -> dict:
     """Writes the features of `src` to `out_path`; returns {rows, dim, failed, path, model}."""
     out_path = Path(out_path)
     model, model_info = model_for_eval(model_path, arch=arch, sobel=sobel,
-                                       input_size=input_size, width=width, seed=init_seed)
+                                       input_size=input_size, width=width, seed=seed)
     writer_cls = NpyWriter if out_path.suffix == ".npy" else ZarrWriter
     writer = writer_cls(out_path, model.feature_dim)
     keys, failed = [], []

@@ -142,23 +142,23 @@ def check_protocols(protocols, train_src, test_src, query_src, database_src) -> 
 
 
 def evaluate(train_src, test_src, *, model_path=None, arch="small", sobel=True,
-             input_size=None, width=None, init_seed=0, seed=0, protocols=DEFAULT_PROTOCOLS,
+             input_size=None, width=None, seed=0, sample_seed=0, protocols=DEFAULT_PROTOCOLS,
              knn_k=20, layers="all", probe_dims=None, kmeans_pca=None, max_train=50_000,
              max_test=10_000, batch_size=128, workers=2, query_src=None,
              database_src=None) -> dict:
     """Evaluates a model (`model_path`) or, with no path, the random init of the given
-    architecture seeded by `init_seed` (the baseline). `seed` draws the subsets and seeds the
-    k-means; `kmeans_pca` = d runs k-means after PCA-whitening to d dims (the method's own
+    architecture seeded by `seed` (the baseline). `sample_seed` draws the subsets and seeds
+    the k-means; `kmeans_pca` = d runs k-means after PCA-whitening to d dims (the method's own
     preprocessing) instead of on the plain features. Returns plain JSON types."""
     protocols = check_protocols(protocols, train_src, test_src, query_src, database_src)
     model, model_info = model_for_eval(model_path, arch=arch, sobel=sobel,
-                                       input_size=input_size, width=width, seed=init_seed)
+                                       input_size=input_size, width=width, seed=seed)
     result = {"model": model_info, "protocols": list(protocols), "seconds": {}}
     started = time.monotonic()
     if set(protocols) - {"retrieval"}:
         tap = Tap(model, layers if "linear" in protocols else [PENULTIMATE],
                   probe_dims=probe_dims)
-        io = {"seed": seed, "batch_size": batch_size, "workers": workers}
+        io = {"seed": sample_seed, "batch_size": batch_size, "workers": workers}
         result.update(_classification(train_src, test_src, tap, protocols, io, knn_k=knn_k,
                                       kmeans_pca=kmeans_pca, limits=(max_train, max_test)))
         result["seconds"]["classification"] = round(time.monotonic() - started, 2)
@@ -169,12 +169,12 @@ def evaluate(train_src, test_src, *, model_path=None, arch="small", sobel=True,
     return result
 
 
-def compare_random(train_src, test_src, *, model_path, init_seed=0, **options) -> dict:
+def compare_random(train_src, test_src, *, model_path, seed=0, **options) -> dict:
     """The model and a random init of the same architecture, evaluated on the same images:
     {trained label: result, random label: result} (the shape the report reads from eval.json)."""
     trained = evaluate(train_src, test_src, model_path=model_path, **options)
     arch = {k: trained["model"][k] for k in ("arch", "sobel", "input_size", "width")}
-    baseline = evaluate(train_src, test_src, init_seed=init_seed, **arch, **options)
+    baseline = evaluate(train_src, test_src, seed=seed, **arch, **options)
     return {model_label(trained): trained, model_label(baseline): baseline}
 
 

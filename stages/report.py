@@ -43,7 +43,7 @@ class Options:
     nn_pool: int = 1000
     nn_queries: int = 5
     nn_k: int = 6
-    init_seed: int = 0
+    random_seed: int = 0
     seed: int = 0
     workers: int = 0
 
@@ -53,7 +53,7 @@ def report(workspace_dir, out_dir, *, rounds=None, **options) -> Path:
     workspace, out_dir = Path(workspace_dir), Path(out_dir)
     opts = Options(**options)
     records = read_rounds(workspace, rounds)
-    models = compared_models(records, opts.init_seed)
+    models = compared_models(records, opts.random_seed)
     sections = [summary_section(records), nmi_section(records), loss_section(records),
                 sizes_section(records), examples_section(workspace, records, opts),
                 neighbours_section(workspace, models, opts), filters_section(models),
@@ -163,15 +163,15 @@ def examples_section(workspace: Path, records, opts: Options) -> Section:
                    "clusters; captions: true class where known)")])
 
 
-def compared_models(records, init_seed: int) -> dict:
+def compared_models(records, random_seed: int) -> dict:
     """{name: model}: a random init and the last trained round's model ({} if none)."""
     trained = [r for r in records if r.model_path]
     if not trained:
         return {}
     model, meta = load_model(trained[-1].model_path)
     random = build_model(meta["arch"], sobel=meta["sobel"], input_size=meta["input_size"],
-                         width=meta.get("width"), seed=init_seed).eval()
-    return {f"random init (seed {init_seed})": random, f"round {trained[-1].round}": model}
+                         width=meta.get("width"), seed=random_seed).eval()
+    return {f"random init (seed {random_seed})": random, f"round {trained[-1].round}": model}
 
 
 def neighbours_section(workspace: Path, models: dict, opts: Options) -> Section:

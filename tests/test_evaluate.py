@@ -56,7 +56,7 @@ def test_every_protocol_on_separable_synthetic_classes(sets):
 def test_random_baseline_is_reproducible_and_seed_dependent(sets):
     first = evaluate(sets / "train", sets / "test", protocols=("kmeans",), **TINY)
     again = evaluate(sets / "train", sets / "test", protocols=("kmeans",), **TINY)
-    other = evaluate(sets / "train", sets / "test", protocols=("kmeans",), init_seed=5, **TINY)
+    other = evaluate(sets / "train", sets / "test", protocols=("kmeans",), seed=5, **TINY)
     assert scores(first) == scores(again)
     assert first["model"]["seed"] == 0 and other["model"]["seed"] == 5
     assert "linear" not in first and "train" not in first
@@ -108,7 +108,7 @@ def test_a_saved_model_is_evaluated_with_its_own_architecture(sets, tmp_path):
 def test_compare_random_evaluates_a_like_random_init_on_the_same_images(sets, tmp_path):
     path = tmp_path / "model.pt"
     save_model(path, build_model("small", input_size=32, width=8, seed=3), {"round": 2})
-    both = compare_random(sets / "train", sets / "test", model_path=path, init_seed=7,
+    both = compare_random(sets / "train", sets / "test", model_path=path, seed=7,
                           protocols=("knn",), max_train=30, workers=0)
     (trained_label, trained), (random_label, baseline) = both.items()
     assert trained_label == "round 2" and random_label == "random init (seed 7)"
