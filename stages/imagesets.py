@@ -63,12 +63,15 @@ def is_shard_dir(path: Path) -> bool:
 
 
 class ImageSet:
-    def __init__(self, src, *, label_field: str = LABEL_FIELD):
+    def __init__(self, src, *, label_field: str = LABEL_FIELD, shard_names=None):
+        """`shard_names`: of a shard folder, only these shards."""
         self.src = Path(src)
         if not self.src.exists():
             raise FileNotFoundError(f"image set {src} does not exist")
         self.label_field = label_field
         self.shards = list_shards(self.src) if is_shard_dir(self.src) else None
+        if shard_names is not None and self.shards is not None:
+            self.shards = [s for s in self.shards if s.name in set(shard_names)]
 
     def __len__(self) -> int:
         if self.shards is not None:

@@ -43,6 +43,7 @@ class Options:
     nn_pool: int = 1000
     nn_queries: int = 5
     nn_k: int = 6
+    max_shards: int = 32  # shards read for the cluster images and the neighbour pool
     random_seed: int = 0
     seed: int = 0
     workers: int = 0
@@ -152,7 +153,7 @@ def examples_section(workspace: Path, records, opts: Options) -> Section:
     labels_dir = last.path / "labels"
     found = cluster_examples(workspace / "shards", labels_dir, cluster_sizes(labels_dir),
                              clusters=opts.clusters_shown, per_cluster=opts.images_per_cluster,
-                             seed=opts.seed)
+                             seed=opts.seed, max_shards=opts.max_shards)
     rows = [(f"cluster {c.cluster}\n({c.size} images)",
              [(e.image, e.caption) for e in c.examples]) for c in found if c.examples]
     if not rows:
@@ -179,7 +180,7 @@ def neighbours_section(workspace: Path, models: dict, opts: Options) -> Section:
         return Section("Nearest neighbours", note="No trained model yet.")
     found = nearest_neighbours(workspace / "shards", models, pool=opts.nn_pool,
                                queries=opts.nn_queries, k=opts.nn_k, seed=opts.seed,
-                               workers=opts.workers)
+                               workers=opts.workers, max_shards=opts.max_shards)
     caption = lambda i: found.captions[i]
     section = Section("Nearest neighbours", side_by_side=True)
     for index, (name, neighbours) in enumerate(found.by_model.items()):

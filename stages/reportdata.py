@@ -97,27 +97,44 @@ class ClusterExamples:
     examples: list = field(default_factory=list)
 
 
-def choose_clusters(sizes: np.ndarray, count: int, seed: int) -> list[int]:
-    """`count` non-empty clusters drawn at random (seeded), shown largest first."""
-    nonempty = np.flatnonzero(sizes)
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(nonempty, min(count, len(nonempty)), replace=False)
-    return sorted(chosen.tolist(), key=lambda c: -sizes[c])
+def some_shards(names: list, max_shards: int, seed: int) -> list:
+    """At most `max_shards` of the names, drawn at random (seeded), in collection order: what
+    the report reads stays bounded however large the collection, and a collection sharded class
+    by class still shows several classes."""
+    if len(names) <= max_shards:
+        return list(names)
+    picked = np.random.default_rng(seed).choice(len(names), max_shards, replace=False)
+    return [names[i] for i in sorted(picked)]
+
+
+def choose_clusters(available: np.ndarray, count: int, per_cluster: int, seed: int) -> list[int]:
+    """`count` clusters at random (seeded) among those with `per_cluster` images available,
+    topped up with the best-provided others if too few have that many."""
+    full = np.flatnonzero(available >= per_cluster)
+    chosen = np.random.default_rng(seed).choice(full, min(count, len(full)), replace=False)
+    others = [c for c in np.argsort(-available, kind="stable") if available[c] and c not in chosen]
+    return [int(c) for c in [*chosen, *others][:count]]
 
 
 def cluster_examples(shards_dir: Path, labels_dir: Path, sizes: np.ndarray, *, clusters: int,
-                     per_cluster: int, seed: int) -> list[ClusterExamples]:
-    chosen = {c: ClusterExamples(c, int(sizes[c])) for c in choose_clusters(sizes, clusters, seed)}
+                     per_cluster: int, seed: int, max_shards: int = 32) -> list[ClusterExamples]:
+    """Images of a few clusters from at most `max_shards` shards, shown largest cluster first."""
+    names = some_shards([s["name"] for s in read_index(labels_dir)["shards"]], max_shards, seed)
+    available = np.zeros(len(sizes), dtype=np.int64)
+    for name in names:
+        labels = load_labels(labels_dir, name)[1]
+        available += np.bincount(labels[labels >= 0], minlength=len(sizes))[:len(sizes)]
+    picked = sorted(choose_clusters(available, clusters, per_cluster, seed), key=lambda c: -sizes[c])
+    chosen = {c: ClusterExamples(c, int(sizes[c])) for c in picked}
     tars = {s.name: s.path for s in list_shards(shards_dir)}
-    for shard in read_index(labels_dir)["shards"]:
+    for name in names:
         wanted = [c for c, ex in chosen.items() if len(ex.examples) < per_cluster]
         if not wanted:
             break
-        keys, labels = load_labels(labels_dir, shard["name"])
+        keys, labels = load_labels(labels_dir, name)
         rows = np.flatnonzero(np.isin(labels, wanted))
-        if len(rows) and shard["name"] in tars:
-            _collect(tars[shard["name"]], {keys[i]: int(labels[i]) for i in rows}, chosen,
-                     per_cluster)
+        if len(rows) and name in tars:
+            _collect(tars[name], {keys[i]: int(labels[i]) for i in rows}, chosen, per_cluster)
     return list(chosen.values())
 
 
@@ -155,14 +172,16 @@ class Neighbours:
 
 
 def nearest_neighbours(shards_dir: Path, models: dict, *, pool: int, queries: int, k: int,
-                       seed: int, workers: int = 0) -> Neighbours:
-    """Neighbours of a few query images among a uniform subset of `pool` collection images,
-    cosine similarity of each model's penultimate features (the query itself left out)."""
+                       seed: int, workers: int = 0, max_shards: int = 32) -> Neighbours:
+    """Neighbours of a few query images among `pool` images drawn uniformly from at most
+    `max_shards` shards, by cosine similarity of each model's penultimate features (the query
+    itself left out)."""
     input_size = next(iter(models.values())).config["input_size"]
     feats = {name: [] for name in models}
     thumbs, captions = [], []
-    batches = ImageSet(shards_dir).batches(eval_transform(input_size), max_items=pool,
-                                           seed=seed, workers=workers)
+    names = some_shards([s.name for s in list_shards(shards_dir)], max_shards, seed)
+    batches = ImageSet(shards_dir, shard_names=names).batches(
+        eval_transform(input_size), max_items=pool, seed=seed, workers=workers)
     for batch in batches:
         if batch.images is None:
             continue

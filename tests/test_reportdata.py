@@ -52,6 +52,30 @@ def test_reading_stops_once_every_chosen_cluster_is_full(tmp_path):
     assert [len(ex.examples) for ex in found] == [3, 3]
 
 
+def test_only_a_bounded_random_set_of_shards_is_read(tmp_path):
+    labels = [np.array([s % 3, (s + 1) % 3] * 3, dtype=np.int32) for s in range(6)]
+    _, labels_dir = make_collection(tmp_path, labels, k=3)
+    names = [f"{i:06d}" for i in range(6)]
+    read = reportdata.some_shards(names, 2, seed=4)
+    assert len(read) == 2 and read == sorted(read)
+    for name in set(names) - set(read):  # never opened: corrupting them changes nothing
+        (tmp_path / "shards" / f"{name}.tar").write_bytes(b"garbage")
+    sizes = reportdata.cluster_sizes(labels_dir)
+    found = reportdata.cluster_examples(tmp_path / "shards", labels_dir, sizes, clusters=3,
+                                        per_cluster=2, seed=4, max_shards=2)
+    assert sum(len(ex.examples) for ex in found) >= 4
+    models = {"m": build_model("small", input_size=32, width=8, seed=0).eval()}
+    pool = reportdata.nearest_neighbours(tmp_path / "shards", models, pool=50, queries=2, k=3,
+                                         seed=4, max_shards=2)
+    assert len(pool.thumbs) == 12  # the two shards' images, no more
+
+
+def test_clusters_with_enough_images_are_preferred():
+    available = np.array([0, 9, 1, 5, 2])
+    assert sorted(reportdata.choose_clusters(available, 2, per_cluster=5, seed=0)) == [1, 3]
+    assert reportdata.choose_clusters(available, 4, per_cluster=5, seed=0)[2:] == [4, 2]
+
+
 def test_neighbours_leave_the_query_out_and_rank_by_cosine():
     features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.7, 0.7]])
     assert reportdata._neighbours(features, [0, 2], k=2).tolist() == [[1, 3], [3, 1]]
