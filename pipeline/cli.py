@@ -221,30 +221,33 @@ def _eval_model_args(config: dict) -> dict:
 @click.option("--compare-random", is_flag=True, help="Also evaluate the random init, side by side.")
 @click.option("--knn-k", type=int, default=20, show_default=True)
 @click.option("--layers", default="all", show_default=True, help="Linear-probe layers, e.g. conv3,penultimate.")
+@click.option("--probe-dims", type=int, help="Pooled dims of each conv layer's linear probe.")
+@click.option("--kmeans-pca", type=int, help="PCA-whiten to this many dims before the k-means.")
 @click.option("--max-train", type=int, default=50_000, show_default=True)
+@click.option("--max-test", type=int, default=10_000, show_default=True)
+@click.option("--sample-seed", type=int, default=0, show_default=True, help="Seeds subsets and k-means.")
 @click.option("--queries", help="Retrieval queries (labelled by instance).")
 @click.option("--database", help="Retrieval database (labelled by instance).")
 @handled(locked=False)
-def evaluate_command(ctx, r, train_src, test_src, protocols, compare_random, knn_k, layers,
-                     max_train, queries, database):
+def evaluate_command(ctx, r, train_src, test_src, protocols, compare_random, queries, database,
+                     **options):
     """Evaluate a round's features with labels (linear probes, k-NN, k-means, retrieval)."""
     from dcpipe.shards.atomic import atomic_write_json
-    from dcpipe.stages.evaltable import format_comparison, format_table, model_label
-    from dcpipe.stages.evaluate import evaluate
+    from dcpipe.stages.evaltable import format_comparison, format_table
+    from dcpipe.stages.evaluate import compare_random as evaluate_both, evaluate
 
     ws = ctx.obj["ws"]
     config = ws.config()
-    options = dict(protocols=tuple(p for p in protocols.split(",") if p), knn_k=knn_k,
-                   layers=layers, max_train=max_train, query_src=queries, database_src=database,
-                   workers=config["extract"]["workers"], **_eval_model_args(config))
-    result = evaluate(train_src, test_src, model_path=_round_model(ws, r), **options)
+    options.update(protocols=tuple(p for p in protocols.split(",") if p), query_src=queries,
+                   database_src=database, workers=config["extract"]["workers"])
     if compare_random and r is not None:
-        baseline = evaluate(train_src, test_src, model_path=None, **options)
-        click.echo(format_comparison(result, baseline))
-        saved = {model_label(result): result, model_label(baseline): baseline}
+        saved = evaluate_both(train_src, test_src, model_path=_round_model(ws, r),
+                              seed=config["seed"], **options)
+        click.echo(format_comparison(*saved.values()))
     else:
-        click.echo(format_table(result))
-        saved = result
+        saved = evaluate(train_src, test_src, model_path=_round_model(ws, r),
+                         **_eval_model_args(config), **options)
+        click.echo(format_table(saved))
     if r is not None:
         atomic_write_json(ws.round_dir(r) / "eval.json", saved)
 
