@@ -14,7 +14,7 @@ from .workspace import Workspace
 
 CLUSTER_KEYS = ("k", "method", "seed", "n_samples", "nmi_prev", "nmi_true", "ari_true", "acc_true",
                 "sizes", "empty_before_fix", "seconds")
-TRAIN_KEYS = ("steps", "samples", "final_loss", "images_per_second", "seconds")
+TRAIN_KEYS = ("steps", "samples", "final_loss", "resumed_from_step")
 
 
 def _shards_summary(ws: Workspace) -> dict:
@@ -32,13 +32,21 @@ def _pick(record: dict | None, keys) -> dict | None:
     return None if record is None else {k: record[k] for k in keys if k in record}
 
 
+def _train_summary(record: dict | None) -> dict | None:
+    if record is None:
+        return None
+    timings = record.get("timings", {})
+    return {**_pick(record, TRAIN_KEYS), "images_per_s": timings.get("images_per_s"),
+            "seconds": timings.get("train_s_all_runs")}
+
+
 def _round_summary(ws: Workspace, r: int) -> dict:
     d = ws.round_dir(r)
     return {"round": r,
             "steps": {step: ws.step_done(r, step) for step in STEPS},
             "shards": len(read_json(d / "shards.json", [])),
             "cluster": _pick(read_json(d / "clusters.json"), CLUSTER_KEYS),
-            "train": _pick(read_json(d / "train.json"), TRAIN_KEYS)}
+            "train": _train_summary(read_json(d / "train.json"))}
 
 
 def collect(ws: Workspace) -> dict:
