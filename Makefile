@@ -10,6 +10,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned: the CPU machines here carry these wheels on disk
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[test]'
+	# pillow-simd in place of Pillow: 1.3x faster decode+resize+encode here (docs/shard.md)
+	$(PY) -m pip uninstall -q -y pillow
+	$(PY) -m pip install -q pillow-simd
 	touch $@
 
 setup: $(VENV)/.installed
