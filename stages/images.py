@@ -30,7 +30,8 @@ def open_rgb(data: bytes, draft_size: int | None = None) -> Image.Image:
             raise BadImage(f"absurd aspect ratio: {width}x{height}")
         if draft_size:
             image.draft("RGB", (draft_size, draft_size))
-        return image.convert("RGB")
+        image.load()
+        return image if image.mode == "RGB" else image.convert("RGB")
     except BadImage:
         raise
     except Exception as exc:  # Pillow raises many types for bad data; all mean the same here

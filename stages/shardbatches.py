@@ -1,9 +1,9 @@
 """Batches of decoded, centre-cropped images streamed from shards (the extract stage's input).
 
 A batch never spans two shards: batch b of a shard holds its rows [b*B, (b+1)*B). With n loader
-workers, worker w decodes the batches with b % n == w (each worker reads the tar, only one
-decodes an image). So what goes into the model is the same whatever the number of workers,
-ranks or restarts, and features are reproducible bit for bit.
+workers, worker w streams the jobs i with i % n == w (each tar is parsed once). So what goes
+into the model is the same whatever the number of workers, ranks or restarts, and features
+are reproducible bit for bit.
 
 Every row of a shard comes out exactly once: as an image, or as a failure with its reason
 (undecodable image, missing member, or rows lost where the tar breaks off). Images leave the
@@ -77,8 +77,8 @@ class ShardBatches(IterableDataset):
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         transform = eval_crop(self.input_size)
-        for job in self.jobs:
-            yield from self._shard(job, lambda b: b % n_workers == worker, transform)
+        for job in self.jobs[worker::n_workers]:
+            yield from self._shard(job, transform)
 
     def _label(self, meta: dict) -> int:
         label = meta.get("label")
@@ -96,11 +96,9 @@ class ShardBatches(IterableDataset):
             return batch.add_row(row, sample.key, label, failure=str(exc))
         batch.add_row(row, sample.key, label, image=image)
 
-    def _shard(self, job: ShardJob, mine, transform):
+    def _shard(self, job: ShardJob, transform):
         size, batch = self.batch_size, _Batch(job.position)
         for row, sample, lost in _rows(job):
-            if not mine(row // size):
-                continue
             if sample is None:
                 batch.add_row(row, None, -1, failure=lost)
             else:
