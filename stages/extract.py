@@ -146,13 +146,21 @@ def _prepare_store(group, shards, path: Path, model_info, dtype, chunk_rows) -> 
     group.barrier()
     store = open_store(path, mode="r+")
     expected = {**attrs, "dim": dim, "dtype": dtype, "chunk_rows": chunk_rows}
-    differ = sorted(k for k, v in expected.items() if store.attrs.get(k) != v)
+    differ = sorted(k for k, v in expected.items() if _identity_of(k, store.attrs.get(k))
+                    != _identity_of(k, v))
     if store.shard_count.tolist() != counts:
         differ.append("shard_count")
     if differ:
         raise StoreMismatch(f"{path} was made with other {', '.join(differ)}; "
                             "delete it to extract again")
     return store
+
+
+def _identity_of(key: str, value):
+    """What must match for a store to be resumed: a model by its contents, not its path."""
+    if key == "model" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "source"}
+    return value
 
 
 def _finish(group, store: FeatureStore) -> bool:

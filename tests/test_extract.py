@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,6 +163,9 @@ def test_a_saved_model_gives_the_features_of_the_model_it_saved(tmp_path):
     assert np.array_equal(init.group["features"][:], loaded.group["features"][:])
     assert loaded.attrs["model"]["source"] == str(tmp_path / "model.pt")
     assert loaded.attrs["model"]["round"] == 0 and loaded.attrs["model"]["width"] == 16
+    shutil.copy(tmp_path / "model.pt", tmp_path / "moved.pt")  # same model, another path
+    again = _run(shards, tmp_path / "loaded.zarr", model_path=tmp_path / "moved.pt")
+    assert again["shards_skipped"] == 2
     with pytest.raises(FileNotFoundError):
         _run(shards, tmp_path / "none.zarr", model_path=tmp_path / "missing.pt")
 
