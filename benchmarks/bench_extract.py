@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from sample_shards import make_collection  # noqa: E402  (shared synthetic collections)
 
+from dcpipe.shards.manifest import has_manifest  # noqa: E402
 from dcpipe.shards.reader import list_shards  # noqa: E402
 from dcpipe.stages.extract import extract  # noqa: E402
 from dcpipe.stages.models import build_model  # noqa: E402
@@ -40,7 +41,7 @@ PER_SHARD = 1000
 
 def collection(root: Path, n: int, image_size: int) -> list:
     shards_dir = root / f"shards-{n}-{image_size}px"
-    if not (shards_dir / "manifest.json").exists():
+    if not has_manifest(shards_dir):
         shutil.rmtree(shards_dir, ignore_errors=True)
         counts = [PER_SHARD] * (n // PER_SHARD) + ([n % PER_SHARD] if n % PER_SHARD else [])
         make_collection(shards_dir, len(counts), counts, size=image_size, distinct=500)

@@ -1,7 +1,7 @@
 """Image sets for evaluation and embedding: an image folder, a table of sources, or shards.
 
 `ImageSet(src)` is one of
-- a shard folder (a `manifest.json` or `*.tar` files in it: ours or img2dataset's), the class
+- a shard folder (a `manifest.jsonl` or `*.tar` files in it: ours or img2dataset's), the class
   being the sample metadata's `label`;
 - an image folder in ImageNet layout (`root/<class>/<file>`), the class being the folder;
 - a table (CSV / TSV / JSONL / Parquet / text, as the shard stage reads them) of sources, the
