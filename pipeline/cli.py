@@ -5,7 +5,6 @@ Exit codes: 0 done, 1 unexpected failure, 2 bad input (config, flags, sources, m
 """
 
 import json
-import os
 import sys
 from functools import wraps
 
@@ -34,7 +33,7 @@ def handled(locked: bool):
         def wrapper(ctx, *args, **kwargs):
             ws = ctx.obj["ws"]
             try:
-                if locked and int(os.environ.get("RANK", "0")) == 0:
+                if locked and rounds.is_rank_zero():
                     with workspace_lock(ws.lock_path):
                         return command(ctx, *args, **kwargs)
                 return command(ctx, *args, **kwargs)
@@ -52,7 +51,7 @@ def layered(ctx, section: str, **flags) -> dict:
 
 def echo_json(obj) -> None:
     """Print a stage's result once: under torchrun every rank returns it, rank 0 prints it."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rounds.is_rank_zero():
         click.echo(json.dumps(obj, indent=1, default=str))
 
 

@@ -44,7 +44,7 @@ def model_args(config: dict) -> dict:
             "width": m["width"] or None}
 
 
-def _is_rank_zero() -> bool:
+def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -53,7 +53,7 @@ def extract_round(ws: Workspace, r: int, config: dict, progress: bool = True) ->
     model_path = _previous_model(ws, r)
     from dcpipe.stages.extract import extract
 
-    if _is_rank_zero():
+    if is_rank_zero():
         _record(ws, r, "extract", config)
     e = config["extract"]
     return extract(shards, ws.round_dir(r) / "features.zarr", model_path=model_path,
@@ -83,7 +83,7 @@ def train_round(ws: Workspace, r: int, config: dict, progress: bool = True) -> d
     model_path = _previous_model(ws, r)
     from dcpipe.stages.train import train
 
-    if _is_rank_zero():
+    if is_rank_zero():
         _record(ws, r, "train", config)
     t = config["train"]
     body_optim = ws.round_dir(r - 1) / "optim_body.pt" if r > 0 else None
