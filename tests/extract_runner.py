@@ -11,4 +11,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)  # as in the test process: same kernels, same bits
     options = json.loads(sys.argv[1])
     shards = list_shards(options.pop("shards_dir"))
-    print(json.dumps(extract(shards, options.pop("store"), **options)))
+    # One write per line: under torchrun both ranks share this pipe, and print's separate
+    # newline write lets their lines interleave.
+    sys.stdout.write(json.dumps(extract(shards, options.pop("store"), **options)) + "\n")
+    sys.stdout.flush()
