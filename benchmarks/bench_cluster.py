@@ -13,6 +13,7 @@ over ALL valid points, of the squared distance between the point (projected with
 PCA, L2-normalised) and its assigned centroid.
 
     python benchmarks/bench_cluster.py --n 100000 1000000 --k 1000 --niter 5 --sample-sizes auto 100000
+    python benchmarks/bench_cluster.py --n --store ws/rounds/0005/features.zarr --k 1000   # a real store
 """
 
 import argparse
@@ -174,7 +175,7 @@ def fastest(runs: list[dict]) -> dict:
     return {**best, "runs_seconds": [round(r["seconds"], 1) for r in runs]}
 
 
-def bench_one(store: Path, work: Path, n: int, seed: int, args) -> list[dict]:
+def bench_one(store: Path, work: Path, n: int, seed: int, args, data: str = "blobs") -> list[dict]:
     from dcpipe.stages import metrics
 
     options = {"k": args.k, "pca_dim": args.pca_dim, "niter": args.niter, "seed": seed}
@@ -188,13 +189,13 @@ def bench_one(store: Path, work: Path, n: int, seed: int, args) -> list[dict]:
             runs[name].append(measure(mode, store, out, **options, **extra))
     ref = fastest(runs.pop("reference"))
     ref["objective"], ref_labels = reference_objective(store, work / "reference")
-    rows = [{"n": n, "seed": seed, "path": "reference", **ref, "sample_size": n}]
+    rows = [{"data": data, "n": n, "seed": seed, "path": "reference", **ref, "sample_size": n}]
     for name, results in runs.items():
         res = fastest(results)
         res["objective"], labels = dcpipe_objective(store, paths[name][1])
         res["nmi_vs_reference"] = metrics.nmi(labels, ref_labels)
         how = "auto" if name == "streamed-auto" else "fixed"
-        rows.append({"n": n, "seed": seed, "path": f"streamed ({how} sample {res['sample_size']:,})", **res})
+        rows.append({"data": data, "n": n, "seed": seed, "path": f"streamed ({how} sample {res['sample_size']:,})", **res})
     for row in rows:
         row["time_ratio"] = row["seconds"] / ref["seconds"]
         row["objective_ratio"] = row["objective"] / ref["objective"]
@@ -203,12 +204,12 @@ def bench_one(store: Path, work: Path, n: int, seed: int, args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"| N | seed | path | wall s | vs ref | peak RSS MiB | vs ref | objective | vs ref | "
-            f"NMI vs ref |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = (f"| data | N | seed | path | wall s | vs ref | peak RSS MiB | vs ref | objective | vs ref | "
+            f"NMI vs ref |\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         nmi = f"{r['nmi_vs_reference']:.3f}" if "nmi_vs_reference" in r else "-"
-        lines.append(f"| {r['n']:,} | {r['seed']} | {r['path']} | {r['seconds']:.1f} | {r['time_ratio']:.2f}x | "
+        lines.append(f"| {r['data']} | {r['n']:,} | {r['seed']} | {r['path']} | {r['seconds']:.1f} | {r['time_ratio']:.2f}x | "
                      f"{r['peak_rss'] / 2**20:.0f} | {r['rss_ratio']:.2f}x | {r['objective']:.5f} | "
                      f"{r['objective_ratio']:.4f} | {nmi} |")
     return "\n".join(lines)
@@ -219,16 +220,19 @@ def objective_summary(rows: list[dict]) -> str:
     start lands in different local optima, so one seed says little about a 1% difference."""
     ratios = {}
     for r in rows:
-        ratios.setdefault((r["n"], r["path"].split(" (")[0]), []).append(r["objective_ratio"])
-    return "\n".join(f"N={n:,} {path}: objective / reference over {len(v)} seed(s): mean {np.mean(v):.4f}, "
-                     f"min {min(v):.4f}, max {max(v):.4f}" for (n, path), v in ratios.items())
+        ratios.setdefault((r["data"], r["n"], r["path"].split(" (")[0]), []).append(r["objective_ratio"])
+    return "\n".join(f"{data} N={n:,} {path}: objective / reference over {len(v)} seed(s): mean {np.mean(v):.4f}, "
+                     f"min {min(v):.4f}, max {max(v):.4f}" for (data, n, path), v in ratios.items())
 
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         return worker(sys.argv[2:])
+    import zarr
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, nargs="+", default=[20_000, 100_000], help="collection sizes")
+    p.add_argument("--n", type=int, nargs="*", default=[20_000, 100_000], help="synthetic collection sizes")
+    p.add_argument("--store", type=Path, nargs="*", default=[], help="existing feature stores to run on too")
     p.add_argument("--k", type=int, default=1000)
     p.add_argument("--niter", type=int, default=20)
     p.add_argument("--dim", type=int, default=256, help="feature dimension D")
@@ -249,6 +253,12 @@ def main() -> None:
         for seed in args.seeds:
             rows += bench_one(store, root / f"run-{n}-{args.k}-{args.niter}-{seed}", n, seed, args)
             print(json.dumps(rows[-1 - len(args.sample_sizes):], default=float), file=sys.stderr)
+    for number, store in enumerate(args.store):
+        n = int(zarr.open_group(store, mode="r")["valid"][:].sum())
+        for seed in args.seeds:
+            rows += bench_one(store.resolve(), root / f"run-store{number}-{args.k}-{args.niter}-{seed}", n, seed,
+                             args, data=f"store {number}")
+    print("\n".join(f"store {number}: {store}" for number, store in enumerate(args.store)))
     print(f"k={args.k}, niter={args.niter}, D={args.dim}, pca_dim={args.pca_dim}, blobs={args.blobs}, "
           f"repeat={args.repeat} (fastest run counts), {os.cpu_count()} CPUs, faiss threads: all")
     print(table(rows))
