@@ -149,6 +149,8 @@ def cluster(ctx, r, arch, input_size, sobel, **flags):
 @click.option("--lr", type=float)
 @click.option("--batch-size", type=int)
 @click.option("--reassign", type=float, help="Epochs per round.")
+@click.option("--crop-min", type=float, help="Smallest random crop, as a share of the image area.")
+@click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
 @click.option("--workers", type=int)
 @click.option("--checkpoint-every", type=int)
 @handled(locked=True)
@@ -181,7 +183,7 @@ def show_status(ctx, as_json):
 
 
 @main.command()
-@click.option("--rounds", "n_rounds", type=int, default=5, show_default=True)
+@click.option("--rounds", "n_rounds", type=int, default=6, show_default=True)
 @handled(locked=True)
 def demo(ctx, n_rounds):
     """The whole pipeline on scikit-learn's digits: data, shards, N rounds, status."""

@@ -91,7 +91,7 @@ def train_round(ws: Workspace, r: int, config: dict, progress: bool = True) -> d
                  model_path=model_path, body_optim_path=body_optim,
                  seed=round_seed(config, r, "train"), init_seed=config["seed"], lr=t["lr"],
                  momentum=t["momentum"], weight_decay=t["weight_decay"], batch_size=t["batch_size"],
-                 reassign=t["reassign"], workers=t["workers"],
+                 reassign=t["reassign"], crop_min=t["crop_min"], flip=t["flip"], workers=t["workers"],
                  checkpoint_every=t["checkpoint_every"], round_index=r, progress=progress,
                  **model_args(config))
 

@@ -299,7 +299,8 @@ def normalize_batch(images: torch.Tensor) -> torch.Tensor:
     return x.sub(mean).div(std).contiguous()
 
 
-def train_transform(input_size: int, scale: tuple[float, float] = (0.08, 1.0)):
-    """The paper's augmentation: RandomResizedCrop + horizontal flip."""
-    return transforms.Compose([transforms.RandomResizedCrop(input_size, scale=scale),
-                               transforms.RandomHorizontalFlip(), *_normalize()])
+def train_transform(input_size: int, crop_min: float = 0.08, flip: bool = True):
+    """The paper's augmentation: RandomResizedCrop (area share crop_min..1) + horizontal flip."""
+    flips = [transforms.RandomHorizontalFlip()] if flip else []
+    return transforms.Compose([transforms.RandomResizedCrop(input_size, scale=(crop_min, 1.0)),
+                               *flips, *_normalize()])

@@ -41,7 +41,7 @@ from dcpipe.shards.atomic import atomic_write_json, atomic_write_with, read_json
 from dcpipe.shards.reader import ShardInfo
 
 from .labels import LabelsError, read_index
-from .models import build_model, load_model, save_model
+from .models import build_model, load_model, save_model, train_transform
 from .sampler import BalancedSampler, cluster_sizes
 from .trainbatches import MergedBatches, derived_seed, open_streams
 
@@ -54,8 +54,8 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, *, model_path=None, body
           arch: str = "small", sobel: bool = True, input_size: int = 32, width: int | None = None,
           seed: int = 0, init_seed: int | None = None, lr: float = 0.05, momentum: float = 0.9,
           weight_decay: float = 1e-5, batch_size: int = 256, reassign: float = 1.0,
-          workers: int = 2, checkpoint_every: int = 200, loss_every: int = 10,
-          interleave: int = 16, window: int = 4096, rank: int | None = None,
+          crop_min: float = 0.08, flip: bool = True, workers: int = 2, checkpoint_every: int = 200,
+          loss_every: int = 10, interleave: int = 16, window: int = 4096, rank: int | None = None,
           world_size: int | None = None, round_index: int | None = None,
           progress: bool = True) -> dict:
     """Train one round; returns the train.json record (at once if the round is already trained).
@@ -70,6 +70,8 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, *, model_path=None, body
         return record
     if batch_size < 1 or checkpoint_every < 1 or loss_every < 1 or workers < 0:
         raise ValueError("batch_size, checkpoint_every and loss_every must be >= 1, workers >= 0")
+    if not 0 < crop_min <= 1:
+        raise ValueError(f"crop_min is the smallest crop's share of the image area, in (0, 1]: {crop_min}")
     config = {
         "shards": [s.name for s in shards], "labels_dir": str(labels_dir),
         "model_path": None if model_path is None else str(model_path),
@@ -77,8 +79,8 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, *, model_path=None, body
         "arch": arch, "sobel": sobel, "input_size": input_size, "width": width, "seed": seed,
         "round": round_index, "init_seed": seed if init_seed is None else init_seed, "lr": lr,
         "momentum": momentum, "weight_decay": weight_decay, "batch_size": batch_size, "reassign": reassign,
-        "loss_every": loss_every, "interleave": interleave, "window": window, "chunk": CHUNK,
-        "streams": max(1, workers),
+        "crop_min": crop_min, "flip": flip, "loss_every": loss_every, "interleave": interleave, "window": window,
+        "chunk": CHUNK, "streams": max(1, workers),
     }
     ctx = Dist(rank, world_size)
     try:
@@ -287,7 +289,8 @@ class RoundTraining:
     def _batches(self, workers: int) -> MergedBatches:
         c, device = self.config, self.ctx.device
         size = self.model.config["input_size"]
-        streams = open_streams(self.sampler, c["chunk"], size, workers,
+        transform = train_transform(size, crop_min=c["crop_min"], flip=c["flip"])
+        streams = open_streams(self.sampler, c["chunk"], transform, workers,
                                prefetch=max(2, 2 * c["batch_size"] // (c["chunk"] * c["streams"])),
                                pin_memory=device.type == "cuda")
         return MergedBatches(self.lengths, c["chunk"], streams, (3, size, size),

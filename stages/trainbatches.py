@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .images import BadImage, open_rgb
-from .models import train_transform
 from .sampler import BalancedSampler
 
 _AUGMENT = 4  # RNG domain (sampler.py uses 1-3)
@@ -34,13 +33,11 @@ def derived_seed(seed: int, *keys: int) -> int:
 class StreamChunks(IterableDataset):
     """Chunks (images [n, 3, s, s] float, labels [n] int64) of one stream, from chunk `first`."""
 
-    def __init__(self, sampler: BalancedSampler, stream: int, first: int, chunk: int,
-                 input_size: int):
+    def __init__(self, sampler: BalancedSampler, stream: int, first: int, chunk: int, transform):
         self.sampler, self.stream, self.first = sampler, stream, first
-        self.chunk, self.input_size = chunk, input_size
+        self.chunk, self.transform = chunk, transform
 
     def __iter__(self):
-        transform = train_transform(self.input_size)
         draws = self.sampler.iter_stream(self.stream, self.first * self.chunk)
         for q in itertools.count(self.first):
             batch = list(itertools.islice(draws, self.chunk))
@@ -48,7 +45,7 @@ class StreamChunks(IterableDataset):
                 return
             torch.manual_seed(derived_seed(self.sampler.seed, _AUGMENT, self.sampler.rank,
                                            self.stream, q))
-            images = torch.stack([transform(_decode(d)) for d in batch])
+            images = torch.stack([self.transform(_decode(d)) for d in batch])
             yield images, torch.tensor([d.label for d in batch], dtype=torch.int64)
 
 
@@ -59,13 +56,14 @@ def _decode(draw):
         raise BadImage(f"shard {draw.shard:06d} row {draw.row} ({draw.key}): {exc}") from exc
 
 
-def open_streams(sampler: BalancedSampler, chunk: int, input_size: int, workers: int,
+def open_streams(sampler: BalancedSampler, chunk: int, transform, workers: int,
                  prefetch: int = 4, pin_memory: bool = False) -> Callable[[int, int], Iterator]:
     """`open(stream, first_chunk)` -> iterator of chunks: a 1-worker DataLoader per stream,
-    or the dataset itself in this process when workers == 0."""
+    or the dataset itself in this process when workers == 0. `transform`: PIL image -> tensor
+    (the augmentation, e.g. models.train_transform), picklable for the workers."""
 
     def open_stream(stream: int, first: int) -> Iterator:
-        dataset = StreamChunks(sampler, stream, first, chunk, input_size)
+        dataset = StreamChunks(sampler, stream, first, chunk, transform)
         if workers == 0:
             return iter(dataset)
         return iter(DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=prefetch,

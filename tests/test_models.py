@@ -166,3 +166,23 @@ def test_batch_normalisation_equals_the_per_image_transform():
     per_image = torch.stack([eval_transform(32)(im) for im in images])
     crops = np.stack([np.asarray(eval_crop(32)(im)) for im in images])
     assert torch.equal(normalize_batch(torch.from_numpy(crops)), per_image)
+
+
+def test_train_transform_crops_within_crop_min_and_flips_only_when_asked():
+    ramp = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))).convert("RGB")
+    whole = eval_transform(32, crop_ratio=1.0)(ramp)
+    mirrored = whole.flip(-1)
+    outputs = {}
+    for flip in (False, True):
+        transform = train_transform(32, crop_min=1.0, flip=flip)  # the whole image, resized
+        outputs[flip] = []
+        for seed in range(16):
+            torch.manual_seed(seed)
+            outputs[flip].append(transform(ramp))
+    assert all(torch.allclose(x, whole, atol=1e-5) for x in outputs[False])
+    unflipped = sum(torch.allclose(x, whole, atol=1e-5) for x in outputs[True])
+    flipped = sum(torch.allclose(x, mirrored, atol=1e-5) for x in outputs[True])
+    assert unflipped + flipped == 16 and unflipped > 0 and flipped > 0
+    torch.manual_seed(0)
+    small_crops = [train_transform(32, crop_min=0.08, flip=False)(ramp) for _ in range(16)]
+    assert any(not torch.allclose(x, whole, atol=1e-3) for x in small_crops)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dcpipe.stages.sampler import BalancedSampler, cluster_sizes
+from dcpipe.stages.models import train_transform
 from dcpipe.stages.trainbatches import MergedBatches, open_streams
 
 from labelled_shards import label_of_pixels, make_collection
@@ -23,7 +24,7 @@ def _batches(collection, workers, start=0, streams=2):
     sampler = BalancedSampler(shards, labels_dir, cluster_sizes(shards, labels_dir, K),
                               streams=streams, interleave=2, window=50, seed=3)
     lengths = sampler.stream_lengths()
-    opened = open_streams(sampler, CHUNK, SIZE, workers)
+    opened = open_streams(sampler, CHUNK, train_transform(SIZE), workers)
     return MergedBatches(lengths, CHUNK, opened, (3, SIZE, SIZE), start=start), sum(lengths)
 
 
