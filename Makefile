@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(DCPIPE) -w demo demo --rounds 5
+	$(DCPIPE) -w demo demo --rounds 6
 
 test: setup
 	$(PY) -m pytest -q
