@@ -61,6 +61,10 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def format_text(status: dict) -> str:
     c = status["collection"]
     lines = [f"workspace  {status['workspace']}",
@@ -68,11 +72,13 @@ def format_text(status: dict) -> str:
              f"rows       {c['rows']}: {c['samples']} samples, {c['rejected']} rejected"]
     lines += [f"           {reason}: {n}" for reason, n in c["rejects_by_reason"].items()]
     if status["rounds"]:
-        lines.append("round  extract cluster train  k      nmi_true nmi_prev acc_true loss")
+        lines.append("round  extract cluster train  k      nmi_true nmi_prev acc_true loss     "
+                     "cluster_s train_s")
     for rd in status["rounds"]:
         cl, tr = rd["cluster"] or {}, rd["train"] or {}
         marks = [("done" if rd["steps"][s] else "-").ljust(7) for s in STEPS]
         lines.append(f"{rd['round']:<6} {' '.join(marks)} {_fmt(cl.get('k')):<6} "
                      f"{_fmt(cl.get('nmi_true')):<8} {_fmt(cl.get('nmi_prev')):<8} "
-                     f"{_fmt(cl.get('acc_true')):<8} {_fmt(tr.get('final_loss'))}")
+                     f"{_fmt(cl.get('acc_true')):<8} {_fmt(tr.get('final_loss')):<8} "
+                     f"{_seconds(cl.get('seconds')):<9} {_seconds(tr.get('seconds'))}")
     return "\n".join(lines)
