@@ -4,15 +4,16 @@
                faiss.PCAMatrix(D, d, eigen_power=-0.5) trained on them (faiss itself uses at most
                1000 x D rows), L2 normalisation, one faiss.Clustering over all points
                (max_points_per_centroid = 10M as in their code), then index.search on all points
-    streamed   dcpipe's stages.cluster.cluster(): PCA and k-means on a bounded sample, every row
-               assigned by streaming the store, empty clusters split
+    streamed   dcpipe's stages.cluster.cluster(): PCA and k-means on a bounded sample, then
+               `--refine-passes` Lloyd passes over every row (streamed), every row assigned by
+               streaming the store, empty clusters split
 
 Each runs in its own process; peak RSS is that process's ru_maxrss (os.wait4). The k-means
 objective is defined identically for both and computed here by streaming the store: the mean,
 over ALL valid points, of the squared distance between the point (projected with that run's own
 PCA, L2-normalised) and its assigned centroid.
 
-    python benchmarks/bench_cluster.py --n 100000 1000000 --k 1000 --niter 5 --sample-sizes auto 100000
+    python benchmarks/bench_cluster.py --n 1000000 --k 10000 --sample-sizes 500000 100000 --refine-passes 2 0
     python benchmarks/bench_cluster.py --n --store ws/rounds/0005/features.zarr --k 1000   # a real store
 """
 
@@ -94,14 +95,15 @@ def run_reference(store: Path, out: Path, k: int, pca_dim: int, niter: int, seed
 
 
 def run_streamed(store: Path, out: Path, k: int, pca_dim: int, niter: int, seed: int,
-                 sample_size: int | None) -> dict:
+                 sample_size: int | None, refine_passes: int) -> dict:
     from dcpipe.stages.cluster import cluster
 
     start = time.perf_counter()
     record = cluster(store, out, k=k, pca_dim=pca_dim, niter=niter, seed=seed,
-                     sample_size=sample_size, progress=False)
+                     sample_size=sample_size, refine_passes=refine_passes, progress=False)
     return {"seconds": time.perf_counter() - start, "timings": record["timings"],
             "sample_size": record["sample_size"], "own_objective": record["objective_final"],
+            "refine_passes": record["refine_passes"],
             "empty_before_fix": record["empty_before_fix"]}
 
 
@@ -111,7 +113,7 @@ def worker(argv: list[str]) -> None:
         result = run_reference(Path(a["store"]), Path(a["out"]), a["k"], a["pca_dim"], a["niter"], a["seed"])
     else:
         result = run_streamed(Path(a["store"]), Path(a["out"]), a["k"], a["pca_dim"], a["niter"],
-                              a["seed"], a["sample_size"])
+                              a["seed"], a["sample_size"], a["refine_passes"])
     Path(a["result"]).write_text(json.dumps(result))
 
 
@@ -182,7 +184,9 @@ def bench_one(store: Path, work: Path, n: int, seed: int, args, data: str = "blo
     paths = {"reference": ("reference", work / "reference", {})}
     for sample in args.sample_sizes:
         size = None if sample == "auto" else int(sample)
-        paths[f"streamed-{sample}"] = ("streamed", work / f"streamed-{sample}", {"sample_size": size})
+        for passes in args.refine_passes:
+            name = f"streamed-{sample}-refine{passes}"
+            paths[name] = ("streamed", work / name, {"sample_size": size, "refine_passes": passes})
     runs = {name: [] for name in paths}
     for _ in range(args.repeat):  # interleaved, so that load from other users hits all paths alike
         for name, (mode, out, extra) in paths.items():
@@ -194,8 +198,9 @@ def bench_one(store: Path, work: Path, n: int, seed: int, args, data: str = "blo
         res = fastest(results)
         res["objective"], labels = dcpipe_objective(store, paths[name][1])
         res["nmi_vs_reference"] = metrics.nmi(labels, ref_labels)
-        how = "auto" if name == "streamed-auto" else "fixed"
-        rows.append({"data": data, "n": n, "seed": seed, "path": f"streamed ({how} sample {res['sample_size']:,})", **res})
+        how = "auto" if name.startswith("streamed-auto") else "fixed"
+        rows.append({"data": data, "n": n, "seed": seed, **res,
+                     "path": f"streamed ({how} sample {res['sample_size']:,}, {res['refine_passes']} refine passes)"})
     for row in rows:
         row["time_ratio"] = row["seconds"] / ref["seconds"]
         row["objective_ratio"] = row["objective"] / ref["objective"]
@@ -220,7 +225,7 @@ def objective_summary(rows: list[dict]) -> str:
     start lands in different local optima, so one seed says little about a 1% difference."""
     ratios = {}
     for r in rows:
-        ratios.setdefault((r["data"], r["n"], r["path"].split(" (")[0]), []).append(r["objective_ratio"])
+        ratios.setdefault((r["data"], r["n"], r["path"]), []).append(r["objective_ratio"])
     return "\n".join(f"{data} N={n:,} {path}: objective / reference over {len(v)} seed(s): mean {np.mean(v):.4f}, "
                      f"min {min(v):.4f}, max {max(v):.4f}" for (data, n, path), v in ratios.items())
 
@@ -240,6 +245,8 @@ def main() -> None:
     p.add_argument("--blobs", type=int, default=1000, help="Gaussian blobs in the synthetic data")
     p.add_argument("--sample-sizes", nargs="+", default=["auto"],
                    help="streamed runs: 'auto' (cluster()'s default) and/or fixed sample sizes")
+    p.add_argument("--refine-passes", type=int, nargs="+", default=[2],
+                   help="streamed runs: Lloyd passes over every row after the fit on the sample")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="k-means seeds (one run each)")
     p.add_argument("--repeat", type=int, default=1, help="runs per path (interleaved); the fastest counts")
     p.add_argument("--workdir", type=Path, default=None, help="stores and outputs (default: a temp dir)")
@@ -259,7 +266,7 @@ def main() -> None:
             rows += bench_one(store.resolve(), root / f"run-store{number}-{args.k}-{args.niter}-{seed}", n, seed,
                              args, data=f"store {number}")
     print("\n".join(f"store {number}: {store}" for number, store in enumerate(args.store)))
-    print(f"k={args.k}, niter={args.niter}, D={args.dim}, pca_dim={args.pca_dim}, blobs={args.blobs}, "
+    print(f"k={args.k}, niter={args.niter}, D={args.dim} (synthetic), pca_dim={args.pca_dim}, blobs={args.blobs}, "
           f"repeat={args.repeat} (fastest run counts), {os.cpu_count()} CPUs, faiss threads: all")
     print(table(rows))
     print(objective_summary(rows))

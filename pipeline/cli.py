@@ -137,6 +137,7 @@ def extract(ctx, r, arch, input_size, sobel, **flags):
 @click.option("--method", type=click.Choice(["kmeans", "pic"]))
 @click.option("--niter", type=int)
 @click.option("--sample-size", type=int, help="Rows the k-means is fitted on.")
+@click.option("--refine-passes", type=int, help="Lloyd passes over every row after fitting on a sample.")
 @handled(locked=True)
 def cluster(ctx, r, arch, input_size, sobel, **flags):
     """Extract if needed, then cluster round R's features into labels."""

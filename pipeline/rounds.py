@@ -72,7 +72,8 @@ def cluster_round(ws: Workspace, r: int, config: dict, progress: bool = True) ->
     prev = ws.round_dir(r - 1) / "labels"
     return cluster(ws.round_dir(r) / "features.zarr", ws.round_dir(r), k=c["k"],
                    pca_dim=c["pca_dim"], method=c["method"], niter=c["niter"],
-                   sample_size=c["sample_size"], seed=round_seed(config, r, "cluster"),
+                   refine_passes=c["refine_passes"], sample_size=c["sample_size"],
+                   seed=round_seed(config, r, "cluster"),
                    prev_labels_dir=prev if r > 0 and ws.step_done(r - 1, "cluster") else None,
                    round_index=r, progress=progress)
 

@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 
 import faiss
 import numpy as np
+import scipy.sparse
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,36 @@ def nearest(index, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(label int32, squared distance float32) of each row's nearest centroid."""
     dist, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
     return ids[:, 0].astype(np.int32), dist[:, 0]
+
+
+class CentroidSums:
+    """Per-centroid sums (float64) and counts of the rows assigned to each: one Lloyd update,
+    accumulated block by block over a stream, in O(k x d) memory."""
+
+    def __init__(self, k: int, d: int):
+        self.sums = np.zeros((k, d))
+        self.counts = np.zeros(k, dtype=np.int64)
+
+    def add(self, rows: np.ndarray, labels: np.ndarray) -> None:
+        one_hot = scipy.sparse.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))),
+                                          shape=(len(self.counts), len(labels)))
+        self.sums += one_hot @ rows.astype(np.float64)
+        self.counts += np.bincount(labels, minlength=len(self.counts))
+
+    def accumulating(self, assign):
+        """`assign` that also adds every row to the sums of the centroid it was assigned to."""
+        def assign_and_add(rows: np.ndarray):
+            labels, dist = assign(rows)
+            self.add(rows, labels)
+            return labels, dist
+        return assign_and_add
+
+    def means(self, old: np.ndarray) -> np.ndarray:
+        """The new centroids: the mean of each one's rows; one that got no row stays where it was."""
+        new = old.copy()
+        hit = self.counts > 0
+        new[hit] = (self.sums[hit] / self.counts[hit, None]).astype(old.dtype)
+        return new
 
 
 @dataclass

@@ -224,3 +224,32 @@ def test_sigkill_while_writing_labels_then_rerun_gives_the_same_labels(tmp_path)
     assert np.array_equal(all_labels(out / "labels", names), all_labels(tmp_path / "whole" / "labels", names))
     assert not (out / ".labels.partial").exists()
     assert np.array_equal(np.load(out / "centroids.npy"), np.load(tmp_path / "whole" / "centroids.npy"))
+
+
+def test_refine_passes_are_lloyd_iterations_over_every_row(blob_store, tmp_path):
+    path, x, _, valid = blob_store
+    runs = {p: cluster(path, tmp_path / str(p), k=16, seed=7, pca_dim=16, sample_size=200,
+                       refine_passes=p, **QUIET) for p in (0, 1, 3)}
+    assert [runs[p]["refine_passes"] for p in (0, 1, 3)] == [0, 1, 3]
+    pca = WhiteningPCA.load(tmp_path / "0" / "pca.npz")
+    y = pca.apply(x.astype(np.float16)[valid]).astype(np.float64)
+    fitted = np.load(tmp_path / "0" / "centroids.npy").astype(np.float64)
+    # one pass, in RAM: every row to its nearest sample-fitted centroid, centroids to their means
+    nearest = ((y[:, None, :] - fitted[None]) ** 2).sum(axis=2).argmin(axis=1)
+    moved = np.array([y[nearest == c].mean(axis=0) if (nearest == c).any() else fitted[c] for c in range(16)])
+    assert runs[0]["empty_before_fix"] == runs[1]["empty_before_fix"] == 0  # centroids.npy = as fitted
+    np.testing.assert_allclose(np.load(tmp_path / "1" / "centroids.npy"), moved, atol=1e-5)
+    assert runs[1]["objective_refine"][0] == pytest.approx(
+        ((y - fitted[nearest]) ** 2).sum(axis=1).mean(), rel=1e-4)
+    # Lloyd never raises the objective over all rows
+    final = [runs[p]["objective_final"] for p in (0, 1, 3)]
+    assert final[2] <= final[1] <= final[0] and final[2] < final[0]
+    assert runs[3]["objective_refine"] == sorted(runs[3]["objective_refine"], reverse=True)
+
+
+def test_no_refine_pass_when_the_sample_is_every_row(blob_store, tmp_path):
+    record = cluster(blob_store[0], tmp_path, k=8, seed=1, pca_dim=16, refine_passes=2, **QUIET)
+    assert record["sample_is_everything"] and record["refine_passes"] == 0
+    assert record["objective_refine"] == []
+    with pytest.raises(ValueError, match="refine_passes"):
+        cluster(blob_store[0], tmp_path / "bad", k=8, seed=1, refine_passes=-1, **QUIET)
