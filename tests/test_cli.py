@@ -9,9 +9,9 @@ from test_workspace import add_shard
 DCPIPE = str(Path(sys.executable).parent / "dcpipe")
 
 
-def dcpipe(ws, *args, env=None):
+def dcpipe(ws, *args, env=None, timeout=120):
     return subprocess.run([DCPIPE, "-w", str(ws), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+                          env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 def test_status_json_has_the_documented_keys(tmp_path):
