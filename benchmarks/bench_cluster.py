@@ -199,8 +199,8 @@ def bench_one(store: Path, work: Path, n: int, seed: int, args, data: str = "blo
         res["objective"], labels = dcpipe_objective(store, paths[name][1])
         res["nmi_vs_reference"] = metrics.nmi(labels, ref_labels)
         how = "auto" if name.startswith("streamed-auto") else "fixed"
-        rows.append({"data": data, "n": n, "seed": seed, **res,
-                     "path": f"streamed ({how} sample {res['sample_size']:,}, {res['refine_passes']} refine passes)"})
+        path = f"streamed ({how} sample {res['sample_size']:,}, {res['refine_passes']} refine passes)"
+        rows.append({"data": data, "n": n, "seed": seed, **res, "path": path})
     for row in rows:
         row["time_ratio"] = row["seconds"] / ref["seconds"]
         row["objective_ratio"] = row["objective"] / ref["objective"]
@@ -266,8 +266,9 @@ def main() -> None:
             rows += bench_one(store.resolve(), root / f"run-store{number}-{args.k}-{args.niter}-{seed}", n, seed,
                              args, data=f"store {number}")
     print("\n".join(f"store {number}: {store}" for number, store in enumerate(args.store)))
-    print(f"k={args.k}, niter={args.niter}, D={args.dim} (synthetic), pca_dim={args.pca_dim}, blobs={args.blobs}, "
-          f"repeat={args.repeat} (fastest run counts), {os.cpu_count()} CPUs, faiss threads: all")
+    print(f"k={args.k}, niter={args.niter}, D={args.dim} (synthetic), pca_dim={args.pca_dim}, "
+          f"blobs={args.blobs}, repeat={args.repeat} (fastest run counts), {os.cpu_count()} CPUs, "
+          "faiss threads: all")
     print(table(rows))
     print(objective_summary(rows))
 

@@ -79,8 +79,8 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, *, model_path=None, body
         "arch": arch, "sobel": sobel, "input_size": input_size, "width": width, "seed": seed,
         "round": round_index, "init_seed": seed if init_seed is None else init_seed, "lr": lr,
         "momentum": momentum, "weight_decay": weight_decay, "batch_size": batch_size, "reassign": reassign,
-        "crop_min": crop_min, "flip": flip, "loss_every": loss_every, "interleave": interleave, "window": window,
-        "chunk": CHUNK, "streams": max(1, workers),
+        "crop_min": crop_min, "flip": flip, "loss_every": loss_every, "interleave": interleave,
+        "window": window, "chunk": CHUNK, "streams": max(1, workers),
     }
     ctx = Dist(rank, world_size)
     try:

@@ -1,4 +1,4 @@
-"""The README's first command: `dcpipe demo` on the digits trains, and its clusters get closer to the labels."""
+"""The README's first command: `dcpipe demo` trains on the digits, its clusters nearing the labels."""
 
 import json
 
