@@ -23,8 +23,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# exit 5 = no test carries the slow mark (none does today): not a failure
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
