@@ -21,12 +21,13 @@ from dcpipe.shards.atomic import read_json
 
 DCPIPE = str(Path(sys.executable).parent / "dcpipe")
 # The settings of the first demo, then one change after another towards today's DEMO_SETTINGS.
-FIRST_DEMO = {"cluster": {"pca_dim": 256}, "train": {"reassign": 3.0, "crop_min": 0.08, "flip": True}}
+FIRST_TRAIN = {"reassign": 3.0, "crop_min": 0.08, "flip": True}
+PCA_256 = {"pca_dim": 256}
 VARIANTS = [
-    ("first demo (PCA 256, 3 epochs, crops >= 0.08, flips)", FIRST_DEMO),
-    ("crops >= 0.5", {**FIRST_DEMO, "train": {"reassign": 3.0, "crop_min": 0.5, "flip": True}}),
-    ("and no flips", {**FIRST_DEMO, "train": {"reassign": 3.0, "crop_min": 0.5, "flip": False}}),
-    ("and PCA to 32 dims", {"train": {"reassign": 3.0, "crop_min": 0.5, "flip": False}}),
+    ("first demo (PCA 256, 3 epochs, crops >= 0.08, flips)", {"cluster": PCA_256, "train": FIRST_TRAIN}),
+    ("crops >= 0.5", {"cluster": PCA_256, "train": {**FIRST_TRAIN, "crop_min": 0.5}}),
+    ("and no flips", {"cluster": PCA_256, "train": {**FIRST_TRAIN, "crop_min": 0.5, "flip": False}}),
+    ("and PCA to 32 dims", {"train": {**FIRST_TRAIN, "crop_min": 0.5, "flip": False}}),
     ("and 2 epochs a round (today's demo)", {}),
 ]
 
