@@ -37,7 +37,7 @@ CHUNK_ROWS = 4096
 def make_blob_store(path: Path, n: int, dim: int, n_blobs: int, seed: int) -> Path:
     """n Gaussian-blob features (float16, like the extractor's default), written block by block."""
     sys.path.insert(0, str(REPO / "tests"))
-    from featurestores import create_store, write_rows
+    from support.featurestores import create_store, write_rows
 
     if (path / "zarr.json").exists():
         return path
@@ -96,7 +96,7 @@ def run_reference(store: Path, out: Path, k: int, pca_dim: int, niter: int, seed
 
 def run_streamed(store: Path, out: Path, k: int, pca_dim: int, niter: int, seed: int,
                  sample_size: int | None, refine_passes: int) -> dict:
-    from dcpipe.stages.cluster import cluster
+    from dcpipe.stages.cluster.stage import cluster
 
     start = time.perf_counter()
     record = cluster(store, out, k=k, pca_dim=pca_dim, niter=niter, seed=seed,
@@ -160,8 +160,8 @@ def reference_objective(store: Path, out: Path) -> tuple[float, np.ndarray]:
 def dcpipe_objective(store: Path, out: Path) -> tuple[float, np.ndarray]:
     import zarr
 
-    from dcpipe.stages.labels import load_labels
-    from dcpipe.stages.pca import WhiteningPCA
+    from dcpipe.stages.common.labels import load_labels
+    from dcpipe.stages.common.whitening import WhiteningPCA
 
     g = zarr.open_group(store, mode="r")
     labels = np.concatenate([load_labels(out / "labels", name)[1] for name in g.attrs["shard_names"]])
@@ -178,7 +178,7 @@ def fastest(runs: list[dict]) -> dict:
 
 
 def bench_one(store: Path, work: Path, n: int, seed: int, args, data: str = "blobs") -> list[dict]:
-    from dcpipe.stages import metrics
+    from dcpipe.stages.common import metrics
 
     options = {"k": args.k, "pca_dim": args.pca_dim, "niter": args.niter, "seed": seed}
     paths = {"reference": ("reference", work / "reference", {})}

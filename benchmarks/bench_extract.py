@@ -28,13 +28,13 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from sample_shards import make_collection  # noqa: E402  (shared synthetic collections)
+from support.sample_shards import make_collection  # noqa: E402  (shared synthetic collections)
 
 from dcpipe.shards.manifest import has_manifest  # noqa: E402
 from dcpipe.shards.reader import list_shards  # noqa: E402
-from dcpipe.stages.extract import extract  # noqa: E402
-from dcpipe.stages.models import build_model  # noqa: E402
-from dcpipe.stages.shardbatches import ShardBatches, ShardJob  # noqa: E402
+from dcpipe.stages.extract.stage import extract  # noqa: E402
+from dcpipe.stages.common.models import build_model  # noqa: E402
+from dcpipe.stages.extract.reader import ShardBatches, ShardJob  # noqa: E402
 
 PER_SHARD = 1000
 

@@ -25,10 +25,10 @@ from dcpipe.shards.manifest import add_entry
 from dcpipe.shards.naming import make_key
 from dcpipe.shards.reader import list_shards
 from dcpipe.shards.writer import ShardWriter
-from dcpipe.stages.images import open_rgb
-from dcpipe.stages.labels import write_labels
-from dcpipe.stages.models import build_model, train_transform
-from dcpipe.stages.train import StepPlan, train, train_step
+from dcpipe.stages.common.images import open_rgb
+from dcpipe.stages.common.labels import write_labels
+from dcpipe.stages.common.models import build_model, train_transform
+from dcpipe.stages.train.stage import StepPlan, train, train_step
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10" / "train"
 K, SHARD_SIZE = 100, 500

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from dcpipe.shards.atomic import read_json
-from dcpipe.stages.evaluate import evaluate
+from dcpipe.stages.evaluate.stage import evaluate
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10" / "train"
 DCPIPE = str(Path(sys.executable).parent / "dcpipe")

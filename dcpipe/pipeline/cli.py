@@ -1,0 +1,284 @@
+"""The `dcpipe` command: parses flags, layers them over the workspace config, calls a stage.
+
+Exit codes: 0 done, 1 unexpected failure, 2 bad input (config, flags, sources, missing round),
+75 workspace busy (another dcpipe command holds its lock; cron: try again later).
+"""
+
+import json
+import sys
+from functools import wraps
+
+import click
+
+from dcpipe.pipeline import config as configuration
+from dcpipe.pipeline import rounds
+from dcpipe.pipeline import status
+from dcpipe.pipeline.lock import EXIT_BUSY, WorkspaceBusy, workspace_lock
+from dcpipe.pipeline.workspace import Workspace, WorkspaceError
+
+USER_ERRORS = (configuration.ConfigError, WorkspaceError, ValueError, FileNotFoundError)
+
+
+def fail(message: str, code: int = 2):
+    click.echo(f"dcpipe: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handled(locked: bool):
+    """Turn known errors into clear messages and exit codes; hold the workspace lock if asked.
+
+    Under torchrun only rank 0 takes the lock: the other ranks are part of the same command.
+    """
+    def decorate(command):
+        @wraps(command)
+        def wrapper(ctx, *args, **kwargs):
+            ws = ctx.obj["ws"]
+            try:
+                if locked and rounds.is_rank_zero():
+                    with workspace_lock(ws.lock_path):
+                        return command(ctx, *args, **kwargs)
+                return command(ctx, *args, **kwargs)
+            except WorkspaceBusy as exc:
+                fail(str(exc), EXIT_BUSY)
+            except USER_ERRORS as exc:
+                fail(str(exc))
+        return click.pass_context(wrapper)
+    return decorate
+
+
+def layered(ctx, section: str, **flags) -> dict:
+    return configuration.override(ctx.obj["ws"].config(), section, flags)
+
+
+def echo_json(obj) -> None:
+    """Print a stage's result once: under torchrun every rank returns it, rank 0 prints it."""
+    if rounds.is_rank_zero():
+        click.echo(json.dumps(obj, indent=1, default=str))
+
+
+@click.group()
+@click.option("-w", "--workspace", envvar="DCPIPE_WORKSPACE", type=click.Path(file_okay=False),
+              help="Workspace directory (default: the current directory; env DCPIPE_WORKSPACE).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (for cron); errors still print.")
+@click.pass_context
+def main(ctx, workspace, quiet):
+    """DeepCluster as a restartable pipeline: shard -> extract -> cluster -> train, round after round."""
+    ctx.obj = {"ws": Workspace.at(workspace), "progress": not quiet}
+
+
+@main.command()
+@click.pass_context
+def init(ctx):
+    """Write a dcpipe.toml with every default into the workspace."""
+    ws = ctx.obj["ws"]
+    written = ws.init_config()
+    click.echo(f"{'wrote' if written else 'kept existing'} {ws.config_path}")
+
+
+@main.command()
+@click.option("--src", required=True, help="Image folder, CSV/TSV/JSONL/Parquet/text list, or YFCC100M file.")
+@click.option("--format", "fmt", help="Override the format taken from the file (e.g. yfcc100m).")
+@click.option("--url-col", help="Column holding the source (default: a column named url or path).")
+@click.option("--key-col", help="Column holding a key for each sample.")
+@click.option("--meta-cols", help="Comma list of columns carried into each sample's JSON (default: all).")
+@click.option("--image-size", type=int)
+@click.option("--shard-size", type=int)
+@click.option("--workers", type=int, help="Processes.")
+@click.option("--threads", type=int, help="Downloads in flight per process.")
+@click.option("--dedup/--no-dedup", default=None)
+@click.option("--timeout", type=float)
+@click.option("--max-bytes", type=int)
+@click.option("--node-rank", type=int, default=None, help="This node (default: torchrun's RANK or 0).")
+@click.option("--num-nodes", type=int, default=None, help="Nodes in all (default: WORLD_SIZE or 1).")
+@handled(locked=False)
+def shard(ctx, src, fmt, url_col, key_col, meta_cols, node_rank, num_nodes, **flags):
+    """Turn an image source into WebDataset shards in WS/shards (only rows not yet sharded)."""
+    from dcpipe.stages.shard.stage import resolve_nodes, shard as run_shard
+
+    ws = ctx.obj["ws"]
+    s = layered(ctx, "shard", **flags)["shard"]
+    rank, world = resolve_nodes(node_rank, num_nodes)
+    # Nodes sharing a workspace write disjoint shards: each holds a lock of its own.
+    lock = ws.lock_path if world == 1 else ws.root / f".lock.node{rank}"
+    with workspace_lock(lock):
+        stats = run_shard(src, ws.shards_dir, format=fmt, url_col=url_col, key_col=key_col,
+                          meta_cols=meta_cols.split(",") if meta_cols else None,
+                          node_rank=rank, num_nodes=world, progress=ctx.obj["progress"], **s)
+    echo_json(stats)
+
+
+def round_options(command):
+    command = click.option("--round", "r", type=int, required=True, help="Round number (0 = random init).")(command)
+    command = click.option("--arch", help="small, alexnet or vgg16.")(command)
+    command = click.option("--input-size", type=int)(command)
+    return click.option("--sobel/--no-sobel", default=None)(command)
+
+
+def round_config(ctx, arch, input_size, sobel, section, **flags):
+    config = layered(ctx, "model", arch=arch, input_size=input_size, sobel=sobel)
+    return configuration.override(config, section, flags)
+
+
+@main.command()
+@round_options
+@click.option("--batch-size", type=int)
+@click.option("--workers", type=int)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]))
+@handled(locked=True)
+def extract(ctx, r, arch, input_size, sobel, **flags):
+    """Stream the round's shards through model r-1 into rounds/R/features.zarr."""
+    config = round_config(ctx, arch, input_size, sobel, "extract", **flags)
+    echo_json(rounds.extract_round(ctx.obj["ws"], r, config, ctx.obj["progress"]))
+
+
+@main.command()
+@round_options
+@click.option("--k", type=int, help="Number of clusters.")
+@click.option("--pca-dim", type=int)
+@click.option("--method", type=click.Choice(["kmeans", "pic"]))
+@click.option("--niter", type=int)
+@click.option("--sample-size", type=int, help="Rows the k-means is fitted on.")
+@click.option("--refine-passes", type=int, help="Lloyd passes over every row after fitting on a sample.")
+@handled(locked=True)
+def cluster(ctx, r, arch, input_size, sobel, **flags):
+    """Extract if needed, then cluster round R's features into labels."""
+    config = round_config(ctx, arch, input_size, sobel, "cluster", **flags)
+    echo_json(rounds.cluster_round(ctx.obj["ws"], r, config, ctx.obj["progress"]))
+
+
+@main.command()
+@round_options
+@click.option("--lr", type=float)
+@click.option("--batch-size", type=int)
+@click.option("--reassign", type=float, help="Epochs per round.")
+@click.option("--crop-min", type=float, help="Smallest random crop, as a share of the image area.")
+@click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
+@click.option("--workers", type=int)
+@click.option("--checkpoint-every", type=int)
+@handled(locked=True)
+def train(ctx, r, arch, input_size, sobel, **flags):
+    """Train model R from model R-1 on round R's labels."""
+    config = round_config(ctx, arch, input_size, sobel, "train", **flags)
+    echo_json(rounds.train_round(ctx.obj["ws"], r, config, ctx.obj["progress"]))
+
+
+@main.command()
+@click.option("--rounds", "n_rounds", type=int, required=True, help="Rounds 0..N-1 are made complete.")
+@handled(locked=True)
+def run(ctx, n_rounds):
+    """Do whatever is missing up to round N-1, then exit (call it from cron)."""
+    ws = ctx.obj["ws"]
+    log = click.echo if ctx.obj["progress"] else (lambda *_: None)
+    done = rounds.run(ws, n_rounds, ws.config(), ctx.obj["progress"], log)
+    log(f"{len(done)} step(s) done" if done else f"rounds 0..{n_rounds - 1} were already complete")
+    if ctx.obj["progress"]:
+        click.echo(status.format_text(status.collect(ws)))
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable (keys documented in the README).")
+@handled(locked=False)
+def show_status(ctx, as_json):
+    """Summarise the collection and every round."""
+    result = status.collect(ctx.obj["ws"])
+    echo_json(result) if as_json else click.echo(status.format_text(result))
+
+
+@main.command()
+@click.option("--rounds", "n_rounds", type=int, default=6, show_default=True)
+@handled(locked=True)
+def demo(ctx, n_rounds):
+    """The whole pipeline on scikit-learn's digits: data, shards, N rounds, status."""
+    from dcpipe.pipeline.demo import prepare_demo
+
+    ws = ctx.obj["ws"]
+    src = prepare_demo(ws)
+    from dcpipe.stages.shard.stage import shard as run_shard
+
+    config = ws.config()
+    run_shard(str(src), ws.shards_dir, progress=ctx.obj["progress"], **config["shard"])
+    rounds.run(ws, n_rounds, config, ctx.obj["progress"], click.echo)
+    click.echo(status.format_text(status.collect(ws)))
+
+
+def _round_model(ws: Workspace, r: int | None):
+    """Round r's trained model, or None (the random init) when no round is given."""
+    if r is None:
+        return None
+    path = ws.round_dir(r) / "model.pt"
+    if not path.exists():
+        raise WorkspaceError(f"round {r} has no trained model ({path}): run `dcpipe train --round {r}`")
+    return path
+
+
+def _eval_model_args(config: dict) -> dict:
+    return {**rounds.model_args(config), "seed": config["seed"]}
+
+
+@main.command("eval")
+@click.option("--round", "r", type=int, help="Round whose model is evaluated (default: random init).")
+@click.option("--train", "train_src", required=True, help="Labelled images the probes are fitted on.")
+@click.option("--test", "test_src", required=True, help="Held-out labelled images.")
+@click.option("--protocols", default="linear,knn,kmeans", show_default=True,
+              help="Comma list of linear, knn, kmeans, retrieval.")
+@click.option("--compare-random", is_flag=True, help="Also evaluate the random init, side by side.")
+@click.option("--knn-k", type=int, default=20, show_default=True)
+@click.option("--layers", default="all", show_default=True, help="Linear-probe layers, e.g. conv3,penultimate.")
+@click.option("--probe-dims", type=int, help="Pooled dims of each conv layer's linear probe.")
+@click.option("--kmeans-pca", type=int, help="PCA-whiten to this many dims before the k-means.")
+@click.option("--max-train", type=int, default=50_000, show_default=True)
+@click.option("--max-test", type=int, default=10_000, show_default=True)
+@click.option("--sample-seed", type=int, default=0, show_default=True, help="Seeds subsets and k-means.")
+@click.option("--queries", help="Retrieval queries (labelled by instance).")
+@click.option("--database", help="Retrieval database (labelled by instance).")
+@handled(locked=False)
+def evaluate_command(ctx, r, train_src, test_src, protocols, compare_random, queries, database,
+                     **options):
+    """Evaluate a round's features with labels (linear probes, k-NN, k-means, retrieval)."""
+    from dcpipe.shards.atomic import atomic_write_json
+    from dcpipe.stages.evaluate.table import format_comparison, format_table
+    from dcpipe.stages.evaluate.stage import compare_random as evaluate_both, evaluate
+
+    ws = ctx.obj["ws"]
+    config = ws.config()
+    options.update(protocols=tuple(p for p in protocols.split(",") if p), query_src=queries,
+                   database_src=database, workers=config["extract"]["workers"])
+    if compare_random and r is not None:
+        saved = evaluate_both(train_src, test_src, model_path=_round_model(ws, r),
+                              seed=config["seed"], **options)
+        click.echo(format_comparison(*saved.values()))
+    else:
+        saved = evaluate(train_src, test_src, model_path=_round_model(ws, r),
+                         **_eval_model_args(config), **options)
+        click.echo(format_table(saved))
+    if r is not None:
+        atomic_write_json(ws.round_dir(r) / "eval.json", saved)
+
+
+@main.command("embed")
+@click.argument("src")
+@click.option("--round", "r", type=int, help="Round whose model embeds (default: random init).")
+@click.option("-o", "--output", required=True, help="OUT.npy, or a zarr store path.")
+@handled(locked=False)
+def embed_command(ctx, src, r, output):
+    """Write the clustering features of any image set with a round's model."""
+    from dcpipe.stages.evaluate.embed import embed
+
+    ws = ctx.obj["ws"]
+    config = ws.config()
+    echo_json(embed(src, output, model_path=_round_model(ws, r),
+                    workers=config["extract"]["workers"], **_eval_model_args(config)))
+
+
+@main.command("report")
+@click.option("-o", "--output", default=None, help="Folder for index.html and PNGs (default WS/report).")
+@click.option("--rounds", "round_list", help="Comma list of rounds (default: all).")
+@handled(locked=False)
+def report_command(ctx, output, round_list):
+    """One self-contained HTML page of the rounds, with its PNG plots."""
+    from dcpipe.pipeline.report.page import report
+
+    ws = ctx.obj["ws"]
+    chosen = [int(x) for x in round_list.split(",")] if round_list else None
+    path = report(ws.root, output or ws.root / "report", rounds=chosen, random_seed=ws.config()["seed"])
+    click.echo(f"wrote {path}")

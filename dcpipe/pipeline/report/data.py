@@ -1,0 +1,231 @@
+"""What the report shows, read from a workspace with bounded memory.
+
+Per round: clusters.json, train.json, eval.json (each may be missing). From the label shard
+index: cluster sizes (one bincount per shard) and sample images of a few clusters (shards are
+streamed in order and reading stops once every chosen cluster has its images). Nearest
+neighbours: a seeded uniform subset of the collection embedded by two models in one pass.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dcpipe.shards.reader import iter_shard, list_shards
+
+from dcpipe.stages.common.activations import conv_blocks
+from dcpipe.stages.sources.imagesets import ImageSet
+from dcpipe.stages.common.images import BadImage, open_rgb
+from dcpipe.stages.common.labels import load_labels, read_index
+from dcpipe.stages.common.models import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from dcpipe.stages.evaluate.probes import l2_normalise
+
+THUMB_PX = 64
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    path: Path
+    clusters: dict | None = None
+    train: dict | None = None
+    eval: dict | None = None
+
+    @property
+    def has_labels(self) -> bool:
+        return (self.path / "labels" / "index.json").exists()
+
+    @property
+    def model_path(self) -> Path | None:
+        path = self.path / "model.pt"
+        return path if self.train is not None and path.exists() else None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def read_rounds(workspace: Path, rounds=None) -> list[RoundRecord]:
+    """The workspace's rounds (all, or those listed) with whatever records they have."""
+    rounds_dir = Path(workspace) / "rounds"
+    found = sorted(int(p.name) for p in rounds_dir.iterdir() if p.name.isdigit()) \
+        if rounds_dir.is_dir() else []
+    if rounds is not None:
+        found = [r for r in found if r in set(rounds)]
+    records = []
+    for r in found:
+        path = rounds_dir / f"{r:04d}"
+        records.append(RoundRecord(r, path, _read_json(path / "clusters.json"),
+                                   _read_json(path / "train.json"),
+                                   _read_json(path / "eval.json")))
+    return records
+
+
+def cluster_sizes(labels_dir: Path) -> np.ndarray:
+    """Samples per cluster (index = cluster id), counted shard by shard."""
+    index = read_index(labels_dir)
+    sizes = np.zeros(index["k"], dtype=np.int64)
+    for shard in index["shards"]:
+        _, labels = load_labels(labels_dir, shard["name"])
+        labels = labels[labels >= 0]
+        sizes += np.bincount(labels, minlength=len(sizes))[:len(sizes)]
+    return sizes
+
+
+def thumbnail(image: Image.Image, px: int = THUMB_PX) -> np.ndarray:
+    image = image.copy()
+    image.thumbnail((px, px))
+    return np.asarray(image)
+
+
+@dataclass
+class Example:
+    image: np.ndarray  # uint8 H x W x 3
+    caption: str | None = None  # the true class, when the shard carries one
+
+
+@dataclass
+class ClusterExamples:
+    cluster: int
+    size: int
+    examples: list = field(default_factory=list)
+
+
+def some_shards(names: list, max_shards: int, seed: int) -> list:
+    """At most `max_shards` of the names, drawn at random (seeded), in collection order: what
+    the report reads stays bounded however large the collection, and a collection sharded class
+    by class still shows several classes."""
+    if len(names) <= max_shards:
+        return list(names)
+    picked = np.random.default_rng(seed).choice(len(names), max_shards, replace=False)
+    return [names[i] for i in sorted(picked)]
+
+
+def choose_clusters(available: np.ndarray, count: int, per_cluster: int, seed: int) -> list[int]:
+    """`count` clusters at random (seeded) among those with `per_cluster` images available,
+    topped up with the best-provided others if too few have that many."""
+    full = np.flatnonzero(available >= per_cluster)
+    chosen = np.random.default_rng(seed).choice(full, min(count, len(full)), replace=False)
+    others = [c for c in np.argsort(-available, kind="stable") if available[c] and c not in chosen]
+    return [int(c) for c in [*chosen, *others][:count]]
+
+
+def cluster_examples(shards_dir: Path, labels_dir: Path, sizes: np.ndarray, *, clusters: int,
+                     per_cluster: int, seed: int, max_shards: int = 32) -> list[ClusterExamples]:
+    """Images of a few clusters from at most `max_shards` shards, shown largest cluster first."""
+    names = some_shards([s["name"] for s in read_index(labels_dir)["shards"]], max_shards, seed)
+    available = np.zeros(len(sizes), dtype=np.int64)
+    for name in names:
+        labels = load_labels(labels_dir, name)[1]
+        available += np.bincount(labels[labels >= 0], minlength=len(sizes))[:len(sizes)]
+    picked = sorted(choose_clusters(available, clusters, per_cluster, seed), key=lambda c: -sizes[c])
+    chosen = {c: ClusterExamples(c, int(sizes[c])) for c in picked}
+    tars = {s.name: s.path for s in list_shards(shards_dir)}
+    for name in names:
+        wanted = [c for c, ex in chosen.items() if len(ex.examples) < per_cluster]
+        if not wanted:
+            break
+        keys, labels = load_labels(labels_dir, name)
+        rows = np.flatnonzero(np.isin(labels, wanted))
+        if len(rows) and name in tars:
+            _collect(tars[name], {keys[i]: int(labels[i]) for i in rows}, chosen, per_cluster)
+    return list(chosen.values())
+
+
+def _collect(tar: Path, cluster_of: dict, chosen: dict, per_cluster: int) -> None:
+    for sample in iter_shard(tar):
+        c = cluster_of.get(sample.key)
+        if c is None or sample.image is None or len(chosen[c].examples) >= per_cluster:
+            continue
+        try:
+            image = thumbnail(open_rgb(sample.image))
+        except BadImage:
+            continue
+        label = sample.meta.get("label")
+        chosen[c].examples.append(Example(image, None if label is None else str(label)))
+        if all(len(ex.examples) >= per_cluster for ex in chosen.values()):
+            return
+
+
+def to_uint8(images: torch.Tensor, px: int = THUMB_PX) -> np.ndarray:
+    """Normalised model inputs (B, 3, H, W) back to uint8 (B, h, w, 3) thumbnails."""
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    pixels = (images * std + mean).clamp(0, 1)
+    if pixels.shape[-1] > px:
+        pixels = torch.nn.functional.interpolate(pixels, size=(px, px), mode="area")
+    return (pixels * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+@dataclass
+class Neighbours:
+    thumbs: np.ndarray  # (pool, h, w, 3) uint8
+    captions: list  # true class of each pool image, or None
+    queries: list  # pool positions of the query images
+    by_model: dict  # model name -> (queries, k) pool positions of the nearest neighbours
+
+
+def nearest_neighbours(shards_dir: Path, models: dict, *, pool: int, queries: int, k: int,
+                       seed: int, workers: int = 0, max_shards: int = 32) -> Neighbours:
+    """Neighbours of a few query images among `pool` images drawn uniformly from at most
+    `max_shards` shards, by cosine similarity of each model's penultimate features (the query
+    itself left out)."""
+    input_size = next(iter(models.values())).config["input_size"]
+    feats = {name: [] for name in models}
+    thumbs, captions = [], []
+    names = some_shards([s.name for s in list_shards(shards_dir)], max_shards, seed)
+    batches = ImageSet(shards_dir, shard_names=names).batches(
+        eval_transform(input_size), max_items=pool, seed=seed, workers=workers)
+    for batch in batches:
+        if batch.images is None:
+            continue
+        with torch.no_grad():
+            for name, model in models.items():
+                feats[name].append(model.embed(batch.images).numpy())
+        thumbs.append(to_uint8(batch.images))
+        captions += batch.labels
+    thumbs = np.concatenate(thumbs)
+    chosen = np.random.default_rng(seed).choice(len(thumbs), min(queries, len(thumbs)),
+                                                replace=False).tolist()
+    by_model = {name: _neighbours(np.concatenate(rows), chosen, k) for name, rows in feats.items()}
+    return Neighbours(thumbs, captions, chosen, by_model)
+
+
+def _neighbours(features: np.ndarray, queries: list, k: int) -> np.ndarray:
+    x = l2_normalise(features)
+    sims = x[queries] @ x.T
+    sims[np.arange(len(queries)), queries] = -np.inf
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+def first_layer_filters(model) -> np.ndarray:
+    """The first learnable conv's filters as images (n, h, w, c) scaled to [0, 1] each.
+
+    Behind the Sobel front-end a filter sees the two gradient images, so it is shown as the
+    grey-level filter it amounts to: each input channel's kernel convolved with its Sobel
+    kernel, summed (a (k+2) x (k+2) kernel on the grey image)."""
+    conv = next(m for m in conv_blocks(model)[0].modules() if isinstance(m, torch.nn.Conv2d))
+    weight = conv.weight.detach().double()
+    if model.sobel is not None:
+        weight = _compose_with_sobel(weight, model.sobel[1].weight.detach().double())
+    images = weight.permute(0, 2, 3, 1).numpy()
+    low = images.min(axis=(1, 2, 3), keepdims=True)
+    high = images.max(axis=(1, 2, 3), keepdims=True)
+    return (images - low) / np.maximum(high - low, 1e-12)
+
+
+def _compose_with_sobel(weight: torch.Tensor, sobel: torch.Tensor) -> torch.Tensor:
+    """sum_c conv_full(W[:, c], S_c): (n, 2, k, k) -> (n, 1, k+2, k+2)."""
+    n, channels, kh, kw = weight.shape
+    composed = torch.zeros(n, 1, kh + 2, kw + 2, dtype=weight.dtype)
+    for c in range(channels):
+        # conv_full(W, S)[t] = sum_u W[t - u] S[u]: correlate the zero-padded W with flipped S
+        padded = torch.nn.functional.pad(weight[:, c:c + 1], (2, 2, 2, 2))
+        composed += torch.nn.functional.conv2d(padded, sobel[c:c + 1].flip(-1, -2))
+    return composed

@@ -1,0 +1,260 @@
+"""`dcpipe report`: one self-contained HTML page about a workspace's rounds, plus its PNG plots.
+
+The page embeds every figure as a base64 data URI (it opens anywhere, offline) and the same
+figures are written beside it as PNG files. Sections: rounds summary, NMI over rounds (against
+true labels where the shards carry them, and against the previous round), training loss,
+cluster-size distribution, sample images of a few clusters, nearest neighbours of a few query
+images with the random and the trained network side by side, first-layer filters, and the eval
+results (eval.json of a round). A section whose data is missing says so instead.
+"""
+
+import base64
+import html
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dcpipe.shards.atomic import atomic_write_bytes
+
+from dcpipe.pipeline.report import plots as plots
+from dcpipe.stages.evaluate.table import model_label, result_rows
+from dcpipe.stages.common.models import build_model, load_model
+from dcpipe.pipeline.report.data import (cluster_examples, cluster_sizes, first_layer_filters,
+                         nearest_neighbours, read_rounds)
+
+SUMMARY_COLUMNS = (("k", "k"), ("n_samples", "images"), ("nmi_true", "NMI vs labels"),
+                   ("nmi_prev", "NMI vs previous"), ("acc_true", "ACC vs labels"),
+                   ("empty_before_fix", "empty clusters fixed"))
+
+
+@dataclass
+class Section:
+    title: str
+    figures: list = field(default_factory=list)  # (file name, png bytes, caption)
+    table: str | None = None  # HTML
+    note: str | None = None
+    side_by_side: bool = False  # figures in one row (e.g. random init | trained)
+
+
+@dataclass
+class Options:
+    clusters_shown: int = 6
+    images_per_cluster: int = 8
+    nn_pool: int = 1000
+    nn_queries: int = 5
+    nn_k: int = 6
+    max_shards: int = 32  # shards read for the cluster images and the neighbour pool
+    random_seed: int = 0
+    seed: int = 0
+    workers: int = 0
+
+
+def report(workspace_dir, out_dir, *, rounds=None, **options) -> Path:
+    """Writes out_dir/index.html and its PNGs; returns the HTML path. `options`: see Options."""
+    workspace, out_dir = Path(workspace_dir), Path(out_dir)
+    opts = Options(**options)
+    records = read_rounds(workspace, rounds)
+    models = compared_models(records, opts.random_seed)
+    sections = [summary_section(records), nmi_section(records), loss_section(records),
+                sizes_section(records), examples_section(workspace, records, opts),
+                neighbours_section(workspace, models, opts), filters_section(models),
+                eval_section(records)]
+    written = []
+    for section in sections:
+        for name, png, _ in section.figures:
+            written.append(out_dir / name)
+            atomic_write_bytes(written[-1], png)
+    page = out_dir / "index.html"
+    atomic_write_bytes(page, render_page(workspace, records, sections).encode())
+    for path in [*written, page]:
+        path.chmod(0o644)  # temp files are private; a report is meant to be shared or served
+    return page
+
+
+def _table(header: list, rows: list) -> str:
+    cells = lambda tag, row: "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in row)
+    body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
+    return f"<table><tr>{cells('th', header)}</tr>{body}</table>"
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def summary_section(records) -> Section:
+    if not records:
+        return Section("Rounds", note="No rounds in this workspace yet: run `dcpipe run`.")
+    rows = []
+    for rec in records:
+        clusters, train = rec.clusters or {}, rec.train or {}
+        rows.append([rec.round, *(_fmt(clusters.get(key)) for key, _ in SUMMARY_COLUMNS),
+                     _fmt(train.get("final_loss")), "yes" if rec.model_path else "no"])
+    header = ["round", *(label for _, label in SUMMARY_COLUMNS), "final loss", "trained"]
+    return Section("Rounds", table=_table(header, rows))
+
+
+def nmi_section(records) -> Section:
+    clustered = [r for r in records if r.clusters]
+    section = Section("NMI over rounds")
+    if not clustered:
+        section.note = "No round has been clustered yet."
+        return section
+    xs = [r.round for r in clustered]
+    series = {"vs true labels": (xs, [r.clusters.get("nmi_true") for r in clustered]),
+              "vs previous round": (xs, [r.clusters.get("nmi_prev") for r in clustered])}
+    notes = []
+    if all(y is None for y in series["vs true labels"][1]):
+        notes.append("The shards carry no true labels: NMI against labels is not available.")
+    if all(y is None for y in series["vs previous round"][1]):
+        notes.append("NMI against the previous round needs two clustered rounds.")
+    section.note = " ".join(notes) or None
+    png = plots.curves_plot(series, title="NMI of the clusters", ylabel="NMI")
+    section.figures.append(("nmi.png", png, "NMI of each round's clusters against the true "
+                            "labels (evaluation only) and against the previous round's clusters"))
+    return section
+
+
+def loss_section(records) -> Section:
+    trained = [r for r in records if r.train and r.train.get("loss_curve")]
+    if not trained:
+        return Section("Training loss", note="No round has been trained yet.")
+    series, offset = {}, 0
+    for r in trained:  # rounds end to end: steps counted from the first trained round
+        steps, losses = zip(*r.train["loss_curve"])
+        series[f"round {r.round}"] = ([offset + s for s in steps], list(losses))
+        offset += r.train.get("steps") or max(steps)
+    png = plots.curves_plot(series, title="Training loss", ylabel="cross-entropy",
+                            xlabel="step (rounds end to end)")
+    return Section("Training loss", figures=[("loss.png", png, "Loss over the training steps "
+                   "of each round (each round trains a fresh top layer on new clusters)")])
+
+
+def _labelled(records):
+    return [r for r in records if r.has_labels]
+
+
+def sizes_section(records) -> Section:
+    labelled = _labelled(records)
+    if not labelled:
+        return Section("Cluster sizes", note="No round has labels yet.")
+    shown = {r.round: cluster_sizes(r.path / "labels") for r in (labelled[0], labelled[-1])}
+    png = plots.sizes_plot(shown)
+    return Section("Cluster sizes", figures=[("cluster_sizes.png", png,
+                   "Images per cluster, clusters sorted by size (log scale)")])
+
+
+def examples_section(workspace: Path, records, opts: Options) -> Section:
+    labelled = _labelled(records)
+    if not labelled:
+        return Section("Clusters", note="No round has labels yet.")
+    last = labelled[-1]
+    labels_dir = last.path / "labels"
+    found = cluster_examples(workspace / "shards", labels_dir, cluster_sizes(labels_dir),
+                             clusters=opts.clusters_shown, per_cluster=opts.images_per_cluster,
+                             seed=opts.seed, max_shards=opts.max_shards)
+    rows = [(f"cluster {c.cluster}\n({c.size} images)",
+             [(e.image, e.caption) for e in c.examples]) for c in found if c.examples]
+    if not rows:
+        return Section("Clusters", note="No image of the chosen clusters could be read.")
+    png = plots.image_rows_plot(rows, title=f"Round {last.round}: sample images of "
+                                f"{len(rows)} clusters")
+    return Section("Clusters", figures=[("clusters.png", png, "A row per cluster (random "
+                   "clusters; captions: true class where known)")])
+
+
+def compared_models(records, random_seed: int) -> dict:
+    """{name: model}: a random init and the last trained round's model ({} if none)."""
+    trained = [r for r in records if r.model_path]
+    if not trained:
+        return {}
+    model, meta = load_model(trained[-1].model_path)
+    random = build_model(meta["arch"], sobel=meta["sobel"], input_size=meta["input_size"],
+                         width=meta.get("width"), seed=random_seed).eval()
+    return {f"random init (seed {random_seed})": random, f"round {trained[-1].round}": model}
+
+
+def neighbours_section(workspace: Path, models: dict, opts: Options) -> Section:
+    if not models:
+        return Section("Nearest neighbours", note="No trained model yet.")
+    found = nearest_neighbours(workspace / "shards", models, pool=opts.nn_pool,
+                               queries=opts.nn_queries, k=opts.nn_k, seed=opts.seed,
+                               workers=opts.workers, max_shards=opts.max_shards)
+    caption = lambda i: found.captions[i]
+    section = Section("Nearest neighbours", side_by_side=True)
+    for index, (name, neighbours) in enumerate(found.by_model.items()):
+        rows = [(f"query {i + 1}", [(found.thumbs[q], f"query: {caption(q) or ''}")] +
+                 [(found.thumbs[j], caption(j)) for j in neighbours[i]])
+                for i, q in enumerate(found.queries)]
+        png = plots.image_rows_plot(rows, title=name)
+        section.figures.append((f"neighbours_{index}.png", png, f"{name}: query (first column) "
+                                f"and its {opts.nn_k} nearest neighbours among "
+                                f"{len(found.thumbs)} collection images (cosine)"))
+    return section
+
+
+def filters_section(models: dict) -> Section:
+    if not models:
+        return Section("First-layer filters", note="No trained model yet.")
+    section = Section("First-layer filters", side_by_side=True)
+    for index, (name, model) in enumerate(models.items()):
+        sobel = " (as grey-level filters through the Sobel front-end)" if model.sobel else ""
+        png = plots.filters_plot(first_layer_filters(model), title=f"{name}{sobel}")
+        section.figures.append((f"filters_{index}.png", png, f"conv1 filters, {name}"))
+    return section
+
+
+def _eval_results(data: dict) -> dict:
+    """eval.json holds one result (with a "model" key) or named results side by side."""
+    if "model" in data:
+        return {model_label(data): data}
+    return {name: r for name, r in data.items() if isinstance(r, dict) and "model" in r}
+
+
+def eval_section(records) -> Section:
+    evaluated = [r for r in records if r.eval]
+    if not evaluated:
+        return Section("Evaluation", note="No eval.json in these rounds: run `dcpipe eval`.")
+    tables = []
+    for rec in evaluated:
+        results = _eval_results(rec.eval)
+        values = {name: {(p, m): v for p, m, v in result_rows(r)} for name, r in results.items()}
+        measures = list(dict.fromkeys(k for v in values.values() for k in v))
+        rows = [[p, m, *(_fmt(v.get((p, m))) for v in values.values())] for p, m in measures]
+        tables.append(f"<h3>Round {rec.round}</h3>" +
+                      _table(["protocol", "measure", *results], rows))
+    return Section("Evaluation", table="".join(tables))
+
+
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #bbb;padding:3px 8px;
+text-align:right}th{background:#eee}figure{margin:1em 0}img{max-width:100%}
+.note{background:#fff4d6;border-left:4px solid #e0a800;padding:6px 10px}
+.row{display:flex;gap:1em}.row figure{flex:1;min-width:0}"""
+
+
+def _section_html(section: Section) -> str:
+    parts = [f"<h2>{html.escape(section.title)}</h2>"]
+    if section.note:
+        parts.append(f'<p class="note">{html.escape(section.note)}</p>')
+    if section.table:
+        parts.append(section.table)
+    figures = []
+    for name, png, caption in section.figures:
+        uri = "data:image/png;base64," + base64.b64encode(png).decode()
+        figures.append(f'<figure><img src="{uri}" alt="{html.escape(name)}">'
+                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if section.side_by_side:
+        figures = [f'<div class="row">{"".join(figures)}</div>']
+    return "\n".join(parts + figures)
+
+
+def render_page(workspace: Path, records, sections) -> str:
+    title = f"dcpipe report: {workspace.name}"
+    made = time.strftime("%Y-%m-%d %H:%M:%S")
+    body = "\n".join(_section_html(s) for s in sections)
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
+            f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>{html.escape(str(workspace))}: {len(records)} rounds; made {made}.</p>"
+            f"{body}</body></html>\n")

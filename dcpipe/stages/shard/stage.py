@@ -1,0 +1,208 @@
+"""The shard stage: any image source -> WebDataset shards, restartable and accountable.
+
+    shard("yfcc.csv", "work/shards", workers=2)
+
+1. Plan (`stages.plan`): the source's rows are counted and rows not yet planned are cut into
+   shards of `shard_size` consecutive rows, recorded in plan.json before any work. A folder
+   first appends its new files to its listing (`stages.folders`): rows of a folder are numbered
+   by first appearance, so files added later only ever become new rows, never renumber old ones.
+2. Work: planned shards that are in neither the manifest nor another node's share
+   (`index % num_nodes == node_rank`) are processed whole by `workers` processes
+   (`stages.shardwork.process_shard`: fetch, check, decode, resize, encode), each with
+   `threads` downloads in flight ahead of its decoding.
+3. Commit, in the main process and in shard order (`stages.shardcommit`): duplicate decisions,
+   tar + rejects + stats JSON, then the manifest entry. Committing in order is what makes
+   `dedup` deterministic under kill/rerun and any worker count.
+
+Every row ends as one sample or one reject record with a reason; `written + rejected == rows`
+per shard and in the returned totals. A rerun skips shards in the manifest, adopts shards that
+were published but not yet recorded, redoes planned-but-missing ones with their planned rows,
+and plans rows a grown source gained as new shards; existing shards are never rewritten.
+
+Several nodes (`node_rank/num_nodes`, or RANK/WORLD_SIZE from torchrun) write disjoint shards
+and leave manifest.jsonl alone (one writer only); a later run with one node records their shards.
+They must start from the same source file. De-duplication needs the whole collection in one
+place, so it requires `num_nodes == 1`.
+"""
+
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections import Counter, deque
+from pathlib import Path
+
+from dcpipe.shards.manifest import add_entry, load_manifest
+
+from dcpipe.stages.sources import folders
+
+from dcpipe.stages.sources import tables as sources
+from dcpipe.stages.shard.dedup import DedupIndex
+from dcpipe.stages.sources.fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
+from dcpipe.stages.shard.resizer import DEFAULT_IMAGE_SIZE, Limits
+from dcpipe.stages.shard.plan import PlannedShard, extend_plan, listing_path, planned_shards
+from dcpipe.stages.shard.progress import Progress
+from dcpipe.stages.shard.commit import adopt_committed, mark_duplicates, write_shard
+from dcpipe.stages.shard.worker import FetchOptions, ShardTask, exit_with_parent, process_shard
+
+log = logging.getLogger(__name__)
+MAX_SHARD_SIZE = 10**6  # keys hold the row within a shard in six digits
+LOGGED = ("name", "rows", "written", "rejected", "rejects", "row_start", "row_end")
+DEFAULT_THREADS = 8  # per worker process: downloads in flight ahead of the decoding
+
+
+def resolve_nodes(node_rank=None, num_nodes=None) -> tuple[int, int]:
+    """Explicit values win; else torchrun's RANK / WORLD_SIZE; else a single node."""
+    rank = node_rank if node_rank is not None else int(os.environ.get("RANK", 0))
+    world = num_nodes if num_nodes is not None else int(os.environ.get("WORLD_SIZE", 1))
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"node_rank must be in [0, num_nodes): got {rank} of {world}")
+    return rank, world
+
+
+def _check_options(image_size, shard_size, workers, dedup, world, timeout, max_bytes):
+    if not 1 <= shard_size <= MAX_SHARD_SIZE:
+        raise ValueError(f"shard_size must be in [1, {MAX_SHARD_SIZE}], got {shard_size}")
+    if image_size < 1 or workers < 1 or timeout <= 0 or max_bytes < 1:
+        raise ValueError("image_size, workers, threads, timeout and max_bytes must be positive")
+    if dedup and world > 1:
+        raise ValueError("dedup needs the whole collection on one node: use num_nodes=1")
+
+
+def _tasks(rows, todo, limits, fetch_opts):
+    """ShardTasks for the `todo` shards (sorted by row range), streaming the source once."""
+    todo, bucket = iter(todo), []
+    current = next(todo, None)
+    for row in rows:
+        while current is not None and row.row >= current.row_end:
+            yield _task(current, bucket, limits, fetch_opts)
+            current, bucket = next(todo, None), []
+        if current is None:
+            return
+        if row.row >= current.row_start:
+            bucket.append(row)
+    if current is not None:
+        yield _task(current, bucket, limits, fetch_opts)
+    missing = next(todo, None)
+    if missing is not None:
+        raise sources.SourceError(f"the source changed while sharding: it ended before the "
+                                  f"rows of shard {missing.index}")
+
+
+def _task(planned, rows, limits, fetch_opts) -> ShardTask:
+    if len(rows) != planned.row_end - planned.row_start:
+        raise sources.SourceError(
+            f"the source changed while sharding: shard {planned.index} expected rows "
+            f"{planned.row_start}-{planned.row_end}, read {len(rows)}")
+    return ShardTask(planned.index, planned.row_start, planned.row_end, rows, limits, fetch_opts)
+
+
+def _worker_pool(workers: int):
+    """Worker processes, started before planning so that their imports overlap it."""
+    if workers == 1:
+        return contextlib.nullcontext()  # work in this process
+    return multiprocessing.get_context("spawn").Pool(workers, initializer=exit_with_parent)
+
+
+def _results(tasks, pool, workers: int):
+    """(task, result) in task order; at most 2 shards a worker in flight (bounded memory)."""
+    if pool is None:
+        for task in tasks:
+            yield task, process_shard(task)
+        return
+    pending = deque()
+    for task in tasks:
+        pending.append((task, pool.apply_async(process_shard, (task,))))
+        if len(pending) >= 2 * workers:
+            done, result = pending.popleft()
+            yield done, result.get()
+    while pending:
+        done, result = pending.popleft()
+        yield done, result.get()
+
+
+def _prepare(src, shards_dir, read: dict, shaping: dict):
+    """Sync a folder's listing, count rows and extend the plan; return the planned shards."""
+    sid = sources.source_id(src)
+    if read["format"] == "folder":
+        read["listing"] = listing_path(shards_dir, sid)
+        folders.sync_listing(src, read["listing"])
+    n_rows = sources.count_rows(src, **read)
+    recorded = [e["index"] for e in load_manifest(shards_dir)["shards"]]
+    entry = extend_plan(shards_dir, sid, shaping, n_rows, max(recorded, default=-1) + 1)
+    return sid, n_rows, planned_shards(entry)
+
+
+def _done_shards(shards_dir, planned, sid: str, record: bool) -> set:
+    """Indices already complete; published-but-unrecorded shards are adopted (and recorded)."""
+    done = {e["index"] for e in load_manifest(shards_dir)["shards"]}
+    for p in planned:
+        if p.index not in done and (entry := adopt_committed(shards_dir, p, sid)) is not None:
+            done.add(p.index)
+            if record:
+                add_entry(shards_dir, entry)
+    return done
+
+
+def shard(src, shards_dir, *, format=None, url_col=None, key_col=None, meta_cols=None,
+          image_size=DEFAULT_IMAGE_SIZE, shard_size=1000, workers=1, threads=DEFAULT_THREADS,
+          dedup=False, timeout=DEFAULT_TIMEOUT, max_bytes=DEFAULT_MAX_BYTES, node_rank=None,
+          num_nodes=None, progress=True) -> dict:
+    """Shard `src` into `shards_dir`; return the totals of this run (see module docstring)."""
+    rank, world = resolve_nodes(node_rank, num_nodes)
+    _check_options(image_size, shard_size, min(workers, threads), dedup, world, timeout, max_bytes)
+    started = time.perf_counter()
+    shards_dir = Path(shards_dir)
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    fmt = sources.detect_format(src, format)
+    read = {"format": fmt, "url_col": url_col, "key_col": key_col,
+            "meta_cols": list(meta_cols) if meta_cols is not None else None}
+    shaping = {**read, "image_size": image_size, "shard_size": shard_size}
+    with _worker_pool(workers) as pool:
+        sid, n_rows, planned = _prepare(src, shards_dir, read, shaping)
+        done = _done_shards(shards_dir, planned, sid, record=world == 1)
+        todo = [p for p in planned if p.index % world == rank and p.index not in done]
+        rows = sources.iter_rows(src, **read, start=todo[0].row_start if todo else 0)
+        tasks = _tasks(rows, todo, Limits(image_size=image_size),
+                       FetchOptions(timeout, max_bytes, threads))
+        context = {"source": sid, "format": fmt, "image_size": image_size}
+        totals = _run(shards_dir, _results(tasks, pool, workers), todo, context,
+                      dedup=DedupIndex(shards_dir) if dedup else None,
+                      record=world == 1, progress=progress)
+    totals.update(source=sid, format=fmt, rows_in_source=n_rows, shards_planned=len(planned),
+                  shards_skipped=len([p for p in planned if p.index in done]),
+                  node_rank=rank, num_nodes=world,
+                  duration_s=round(time.perf_counter() - started, 3))
+    totals["images_per_s"] = round(totals["rows"] / max(totals["duration_s"], 1e-9), 2)
+    return totals
+
+
+def _run(shards_dir, results, todo, context, *, dedup, record, progress) -> dict:
+    totals = {"shards_written": 0, "rows": 0, "written": 0, "rejected": 0}
+    reasons, timings = Counter(), Counter()
+    bar = Progress(sum(p.row_end - p.row_start for p in todo), enabled=progress)
+    try:
+        for task, result in results:
+            kept = mark_duplicates(task.index, result.outcomes, dedup)
+            if dedup is not None:
+                dedup.record_shard(task.index, kept)
+            planned = PlannedShard(task.index, task.row_start, task.row_end)
+            entry = write_shard(shards_dir, planned, result, context)
+            if record:
+                add_entry(shards_dir, entry)
+            log.info(json.dumps({"event": "shard_written", **{k: entry[k] for k in LOGGED}}))
+            totals["shards_written"] += 1
+            for k in ("rows", "written", "rejected"):
+                totals[k] += entry[k]
+            reasons.update(entry["rejects"])
+            timings.update(result.timings)
+            bar.update(entry["rows"], totals["written"], totals["rejected"])
+    finally:
+        bar.close()
+        if dedup is not None:
+            dedup.close()
+    totals["rejects"] = dict(sorted(reasons.items()))
+    totals["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    return totals

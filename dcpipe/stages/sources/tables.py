@@ -1,0 +1,263 @@
+"""Input rows of the shard stage: any source list -> `Row(row, source, key, meta, reject)`.
+
+Formats: an image folder (`root/<class>/<file>`), CSV, TSV, JSONL, Parquet, a plain-text list
+(one source per line) and the YFCC100M metadata file (tab separated, no header, 25 or 23
+fields). The format comes from the file name (a `.gz`/`.bz2` suffix is read through), a folder
+is `folder`, and `format=` overrides it. Rows are numbered from 0 in source order; blank lines
+are not rows. A row that is unusable on its own (a YFCC video, an empty source cell, a broken
+JSON line) carries a `reject` reason instead of being dropped, so that every row is accounted.
+
+A source list that cannot be used at all (missing file, unknown format, missing column) raises
+`SourceError` before any row is produced.
+"""
+
+import bz2
+import csv
+import gzip
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from dcpipe.stages.sources.folders import folder_files
+from dcpipe.stages.sources.yfcc import FIELDS_23, FIELDS_25, parse_yfcc_line
+
+FORMATS = ("folder", "csv", "tsv", "jsonl", "parquet", "text", "yfcc100m")
+_EXTENSIONS = {
+    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+    ".parquet": "parquet", ".pq": "parquet", ".txt": "text", ".lst": "text", ".list": "text",
+}
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open}
+SOURCE_COLUMNS = ("url", "path")
+LINE_FORMATS = ("text", "jsonl", "yfcc100m")  # one row per non-blank line
+PARQUET_BATCH_ROWS = 4096
+
+
+class SourceError(ValueError):
+    """The source list as a whole cannot be used (the CLI exits 2 with this message)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    row: int
+    source: str | None
+    key: str | None = None
+    meta: dict = field(default_factory=dict)
+    reject: str | None = None
+    label: str | None = None  # folder class, kept for evaluation only
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns of a table hold the source, the key and the metadata to carry."""
+
+    url_col: str | None = None
+    key_col: str | None = None
+    meta_cols: tuple | None = None  # None: every other column
+
+
+def detect_format(src, format=None) -> str:
+    path = Path(src)
+    if not path.exists():
+        raise SourceError(f"source {src} does not exist")
+    if format is not None:
+        if format not in FORMATS:
+            raise SourceError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        return format
+    if path.is_dir():
+        return "folder"
+    name = path.name.lower()
+    suffixes = Path(name.removesuffix(".gz").removesuffix(".bz2")).suffixes
+    if suffixes and suffixes[-1] in _EXTENSIONS:
+        return _EXTENSIONS[suffixes[-1]]
+    if "yfcc100m" in name:
+        return "yfcc100m"
+    raise SourceError(
+        f"cannot tell the format of {src} from its name; pass format= "
+        f"(one of {', '.join(FORMATS)})")
+
+
+def open_text(src):
+    """The source list as text lines, decompressing .gz / .bz2; a clear error if unreadable."""
+    path = Path(src)
+    opener = _OPENERS.get(path.suffix.lower(), open)
+    try:
+        return opener(path, "rt", encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise SourceError(f"cannot read source list {src}: {exc.strerror or exc}") from exc
+
+
+def jsonable(value):
+    """A value as plain JSON types (Parquet timestamps, decimals, NaN ...)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def _pick_columns(names, cols: Columns, src) -> tuple[str, str | None, list]:
+    """The source column, key column and carried columns, checked against a table's header."""
+    names = list(names)
+    url_col = cols.url_col or next((c for c in SOURCE_COLUMNS if c in names), None)
+    if url_col is None:
+        hint = ("; is it the YFCC100M metadata file? pass format=yfcc100m"
+                if len(names) in (len(FIELDS_23), len(FIELDS_25)) else "")
+        raise SourceError(
+            f"{src}: no column named {' or '.join(SOURCE_COLUMNS)}; name the source column "
+            f"with url_col (columns: {', '.join(map(str, names)) or 'none'}){hint}")
+    wanted = [url_col] + ([cols.key_col] if cols.key_col else []) + list(cols.meta_cols or ())
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise SourceError(f"{src}: missing column(s) {', '.join(missing)} "
+                          f"(columns: {', '.join(map(str, names))})")
+    if cols.meta_cols is not None:
+        return url_col, cols.key_col, list(cols.meta_cols)
+    return url_col, cols.key_col, [c for c in names if c not in (url_col, cols.key_col)]
+
+
+def _row_from_record(i, record: dict, picked) -> Row:
+    """`picked` = (url column, key column, carried columns or None for all other keys)."""
+    url_col, key_col, meta_cols = picked
+    source = record.get(url_col)
+    source = str(source).strip() if source not in (None, "") else None
+    key = record.get(key_col) if key_col else None
+    if meta_cols is None:
+        meta_cols = [c for c in record if c not in (url_col, key_col)]
+    meta = {c: jsonable(record.get(c)) for c in meta_cols}
+    return Row(i, source or None, None if key in (None, "") else str(key), meta,
+               None if source else "missing_source")
+
+
+def _iter_delimited(src, cols: Columns, delimiter: str) -> Iterator[Row]:
+    with open_text(src) as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        try:
+            picked = _pick_columns(reader.fieldnames or [], cols, src)
+        except csv.Error as exc:
+            raise SourceError(f"{src}: not a readable table: {exc}") from exc
+        for i, record in enumerate(reader):
+            yield _row_from_record(i, record, picked)
+
+
+def _numbered_lines(src, start=0) -> Iterator[tuple[int, str]]:
+    """(row, line) of the non-blank lines from row `start` on; earlier lines are only counted."""
+    with open_text(src) as f:
+        i = 0
+        for line in f:
+            if line.strip():
+                if i >= start:
+                    yield i, line
+                i += 1
+
+
+def _iter_jsonl(src, cols: Columns, start: int) -> Iterator[Row]:
+    """Columns are checked against the first object; later objects may carry other keys."""
+    picked = None
+    for i, line in _numbered_lines(src, start):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if picked is None:
+            if not isinstance(record, dict):
+                raise SourceError(f"{src}: first line is not a JSON object")
+            url_col, key_col, _ = _pick_columns(record.keys(), cols, src)
+            picked = (url_col, key_col, cols.meta_cols)
+        if isinstance(record, dict):
+            yield _row_from_record(i, record, picked)
+        else:
+            yield Row(i, None, reject="bad_line")
+
+
+def _iter_parquet(src, cols: Columns) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(src)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot read parquet source list {src}: {exc}") from exc
+    picked = _pick_columns(table.schema_arrow.names, cols, src)
+    needed = list(dict.fromkeys(c for c in (picked[0], picked[1], *picked[2]) if c))
+    i = 0
+    for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=needed):
+        for record in batch.to_pylist():
+            yield _row_from_record(i, record, picked)
+            i += 1
+
+
+def _iter_text(src, start: int) -> Iterator[Row]:
+    for i, line in _numbered_lines(src, start):
+        yield Row(i, line.strip())
+
+
+def _iter_folder(root, listing) -> Iterator[Row]:
+    for i, rel in enumerate(folder_files(root, listing)):
+        label = rel.split("/", 1)[0] if "/" in rel else None
+        yield Row(i, os.path.join(root, rel), label=label)
+
+
+def _iter_yfcc(src, cols: Columns, start: int) -> Iterator[Row]:
+    for i, line in _numbered_lines(src, start):
+        source, meta, reject = parse_yfcc_line(line)
+        key = meta.get(cols.key_col) if cols.key_col else None
+        yield Row(i, source, None if key in (None, "") else str(key), meta, reject)
+
+
+def iter_rows(src, format=None, url_col=None, key_col=None, meta_cols=None,
+              listing=None, start=0) -> Iterator[Row]:
+    """Rows of `src` in source order. Errors about the source as a whole are raised at once.
+
+    `listing`: for a folder, the file that fixes its row order (see `folders.sync_listing`);
+    without one the folder is read in sorted order. `start`: rows before it may be left out
+    (line formats skip them without parsing; others still yield them).
+    """
+    fmt = detect_format(src, format)
+    if (fmt == "folder") != Path(src).is_dir():
+        raise SourceError(f"{src}: format {fmt} needs a {'folder' if fmt == 'folder' else 'file'}")
+    cols = Columns(url_col, key_col, tuple(meta_cols) if meta_cols is not None else None)
+    readers = {
+        "folder": lambda: _iter_folder(src, listing),
+        "csv": lambda: _iter_delimited(src, cols, ","),
+        "tsv": lambda: _iter_delimited(src, cols, "\t"),
+        "jsonl": lambda: _iter_jsonl(src, cols, start),
+        "parquet": lambda: _iter_parquet(src, cols),
+        "text": lambda: _iter_text(src, start),
+        "yfcc100m": lambda: _iter_yfcc(src, cols, start),
+    }
+    rows = readers[fmt]()
+    first = next(rows, None)  # generators start here, so header and column errors raise now
+    return _chain_first(first, rows)
+
+
+def _chain_first(first, rows):
+    if first is not None:
+        yield first
+        yield from rows
+
+
+def count_rows(src, **options) -> int:
+    """The rows `iter_rows` would give, with its checks; line formats are counted unparsed."""
+    rows = iter_rows(src, **options)
+    fmt = detect_format(src, options.get("format"))
+    try:
+        if fmt in LINE_FORMATS:
+            return sum(1 for _ in _numbered_lines(src))
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(src).metadata.num_rows
+        return sum(1 for _ in rows)
+    finally:
+        rows.close()
+
+
+def source_id(src) -> str:
+    """The identity of a source in the plan: its resolved absolute path."""
+    return str(Path(os.path.abspath(src)).resolve())

@@ -1,0 +1,452 @@
+"""The training stage: model r from model r-1 on round r's pseudo-labels, straight from the shards.
+
+`train(shards, labels_dir, out_dir, ...)` streams the shards through the cluster-balanced sampler
+(stages/sampler.py), decodes and augments in loader workers (stages/trainbatches.py) and trains
+with the paper's recipe: a new top layer Linear(feature_dim, k) every round (N(0, 0.01), bias 0)
+with its own SGD (lr, weight decay, no momentum, as the authors' main.py), the body's SGD
+(lr, momentum, weight decay) carried from round to round through `optim_body.pt`, cross-entropy.
+
+Steps and batches. With D_q draws on rank q (fixed by the labels and the seed, known before the
+first step) the round has S = ceil(sum D / (world * batch_size)) steps and rank q's batch i is
+its draws [i*D_q//S, (i+1)*D_q//S). Every draw is used exactly once, all ranks take S steps (a
+rank with fewer samples takes smaller batches, never hangs the others), and each rank's loss is
+scaled by world / (global batch) so that DDP's gradient average is the mean over the global
+batch. A batch larger than batch_size (a rank with more samples) is split into micro-batches;
+every rank makes the same number of passes per step, since DDP's collectives must pair up.
+
+Checkpoints (`out_dir/ckpt/last.pt`, every `checkpoint_every` steps and at the end, atomic,
+plain tensors and lists: torch.load(weights_only=True)) hold the model, both optimisers, the
+step, the loss curve and tallies. The sampler's position is a function of the step (rank q has
+consumed step*D_q//S draws) and every random choice (draws, shuffles, augmentation, dropout) is
+seeded by counters, so a run killed at any moment and started again finishes the round exactly
+as an uninterrupted run would. `train.json`, written last, marks the round's training complete.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from dcpipe.shards.atomic import atomic_write_json, atomic_write_with, read_json
+from dcpipe.shards.reader import ShardInfo
+
+from dcpipe.stages.common.labels import LabelsError, read_index
+from dcpipe.stages.common.models import build_model, load_model, save_model, train_transform
+from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
+from dcpipe.stages.train.batches import MergedBatches, derived_seed, open_streams
+
+CKPT_FORMAT = "dcpipe.train-ckpt/1"
+_TOP, _DROPOUT = 5, 6  # RNG domains (sampler.py and trainbatches.py use 1-4)
+CHUNK = 32  # draws a loader worker decodes as one unit
+
+
+def train(shards: list[ShardInfo], labels_dir, out_dir, *, model_path=None, body_optim_path=None,
+          arch: str = "small", sobel: bool = True, input_size: int = 32, width: int | None = None,
+          seed: int = 0, init_seed: int | None = None, lr: float = 0.05, momentum: float = 0.9,
+          weight_decay: float = 1e-5, batch_size: int = 256, reassign: float = 1.0,
+          crop_min: float = 0.08, flip: bool = True, workers: int = 2, checkpoint_every: int = 200,
+          loss_every: int = 10, interleave: int = 16, window: int = 4096, rank: int | None = None,
+          world_size: int | None = None, round_index: int | None = None,
+          progress: bool = True) -> dict:
+    """Train one round; returns the train.json record (at once if the round is already trained).
+
+    `model_path` None = round 0: a random init seeded by `init_seed` (default `seed`; pass the
+    extract stage's seed so that round 0 trains the network that made its features).
+    `rank` / `world_size` default to the RANK / WORLD_SIZE set by torchrun.
+    """
+    out_dir = Path(out_dir)
+    record = read_json(out_dir / "train.json")
+    if record is not None:
+        return record
+    if batch_size < 1 or checkpoint_every < 1 or loss_every < 1 or workers < 0:
+        raise ValueError("batch_size, checkpoint_every and loss_every must be >= 1, workers >= 0")
+    if not 0 < crop_min <= 1:
+        raise ValueError(f"crop_min is the smallest crop's share of the image area, in (0, 1]: {crop_min}")
+    config = {
+        "shards": [s.name for s in shards], "labels_dir": str(labels_dir),
+        "model_path": None if model_path is None else str(model_path),
+        "body_optim_path": None if body_optim_path is None else str(body_optim_path),
+        "arch": arch, "sobel": sobel, "input_size": input_size, "width": width, "seed": seed,
+        "round": round_index, "init_seed": seed if init_seed is None else init_seed, "lr": lr,
+        "momentum": momentum, "weight_decay": weight_decay, "batch_size": batch_size, "reassign": reassign,
+        "crop_min": crop_min, "flip": flip, "loss_every": loss_every, "interleave": interleave,
+        "window": window, "chunk": CHUNK, "streams": max(1, workers),
+    }
+    ctx = Dist(rank, world_size)
+    try:
+        run = RoundTraining(ctx, shards, Path(labels_dir), out_dir, config)
+        return run.run(workers, checkpoint_every, progress)
+    finally:
+        ctx.close()
+
+
+class Dist:
+    """Rank, world and device; sums over ranks (a no-op alone). Starts torch.distributed when
+    world > 1 and nobody else has (gloo on CPU, NCCL on GPU)."""
+
+    def __init__(self, rank: int | None, world: int | None):
+        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        self.world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+        cuda = torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)  # NCCL's collectives run on the current device
+        self.created = self.world > 1 and not dist.is_initialized()
+        if self.created:
+            dist.init_process_group("nccl" if cuda else "gloo", rank=self.rank,
+                                    world_size=self.world)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return tensor
+        moved = tensor.to(self.device)
+        dist.all_reduce(moved)
+        return moved.to(tensor.device)
+
+    def close(self) -> None:
+        if self.created:
+            dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """S steps; rank q's batch i is its draws [i*D_q//S, (i+1)*D_q//S)."""
+    draws: tuple
+    steps: int
+
+    @classmethod
+    def make(cls, draws: list[int], batch_size: int) -> StepPlan:
+        if sum(draws) == 0:
+            raise LabelsError("the labels hold no labelled sample to train on")
+        return cls(tuple(draws), math.ceil(sum(draws) / (len(draws) * batch_size)))
+
+    def consumed(self, rank: int, step: int) -> int:
+        return step * self.draws[rank] // self.steps
+
+    def batch(self, rank: int, step: int) -> int:
+        return self.consumed(rank, step + 1) - self.consumed(rank, step)
+
+    def global_batch(self, step: int) -> int:
+        return sum(self.batch(q, step) for q in range(len(self.draws)))
+
+    def parts(self, step: int, batch_size: int) -> int:
+        """Forward passes of step i on every rank: its largest batch in pieces <= batch_size."""
+        return max(1, *(math.ceil(self.batch(q, step) / batch_size)
+                        for q in range(len(self.draws))))
+
+
+def train_step(net, optimizers, images, labels, scale: float, parts: int = 1) -> torch.Tensor:
+    """One SGD step on sum(cross-entropy) * scale, in `parts` forward/backward passes whose
+    gradients add up (DDP syncs on the last); returns that loss (detached).
+
+    Under DDP every rank must make the same number of passes (each forward broadcasts the
+    BatchNorm buffers, each step all-reduces the gradients once), so a rank with fewer samples
+    gets empty parts: a zero loss on a blank image in eval mode (BatchNorm statistics untouched).
+    """
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=images.device)
+    for j, (x, y) in enumerate(zip(images.tensor_split(parts), labels.tensor_split(parts))):
+        last = j == parts - 1
+        with nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
+            if len(y):
+                loss = F.cross_entropy(net(x), y, reduction="sum") * scale
+            else:
+                net.eval()
+                loss = net(images.new_zeros((1, *images.shape[1:]))).sum() * 0.0
+                net.train()
+            loss.backward()
+        total += loss.detach()
+    for opt in optimizers:
+        opt.step()
+    return total
+
+
+class Tally:
+    """Loss and draws per cluster since the last reduction; rank 0 holds the sums over ranks."""
+
+    def __init__(self, k: int, device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.draws = torch.zeros(k, dtype=torch.int64)
+        self.interval_steps = 0
+
+    def add(self, loss: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss += loss.double()
+        self.draws += torch.bincount(labels, minlength=len(self.draws))
+        self.interval_steps += 1
+
+    def reduce(self, ctx: Dist) -> None:
+        self.loss, self.draws = ctx.sum(self.loss), ctx.sum(self.draws)
+        if ctx.rank != 0:
+            self.loss.zero_()
+            self.draws.zero_()
+
+    def take_interval_mean(self) -> float:
+        mean = self.loss.item() / self.interval_steps
+        self.loss.zero_()
+        self.interval_steps = 0
+        return mean
+
+    def state(self) -> dict:
+        return {"loss": self.loss.item(), "draws": self.draws.clone(),
+                "interval_steps": self.interval_steps}
+
+    def load(self, state: dict, rank: int) -> None:
+        self.interval_steps = state["interval_steps"]
+        if rank == 0:
+            self.loss.fill_(state["loss"])
+            self.draws.copy_(state["draws"])
+
+
+class RoundTraining:
+    """Everything one rank needs for one round: sampler, step plan, model, optimisers."""
+
+    def __init__(self, ctx: Dist, shards: list[ShardInfo], labels_dir: Path, out_dir: Path,
+                 config: dict):
+        self.t0 = time.perf_counter()
+        self.ctx, self.out_dir = ctx, out_dir
+        self.ckpt_path = out_dir / "ckpt" / "last.pt"
+        self.k = _checked_k(shards, labels_dir)
+        ckpt = _load_checkpoint(self.ckpt_path)
+        if ckpt is not None:
+            config = {**config, "streams": ckpt["config"]["streams"]}
+            _check_same_config(ckpt["config"], config, self.ckpt_path)
+        self.config = config
+        mine = [s for pos, s in enumerate(shards) if pos % ctx.world == ctx.rank]
+        self.sizes = ctx.sum(torch.from_numpy(cluster_sizes(mine, labels_dir, self.k))).numpy()
+        self.sampler = BalancedSampler(
+            shards, labels_dir, self.sizes, reassign=config["reassign"], seed=config["seed"],
+            rank=ctx.rank, world=ctx.world, streams=config["streams"],
+            interleave=config["interleave"], window=config["window"])
+        self.lengths = self.sampler.stream_lengths()
+        draws = torch.zeros(ctx.world, dtype=torch.int64)
+        draws[ctx.rank] = sum(self.lengths)
+        self.plan = StepPlan.make(ctx.sum(draws).tolist(), config["batch_size"])
+        self.model, self.body_opt, self.top_opt = self._model_and_optimisers(ckpt is None)
+        self.tally = Tally(self.k, ctx.device)
+        self.step, self.loss_curve, self.elapsed_before = 0, [], 0.0
+        if ckpt is not None:
+            self._resume(ckpt)
+
+    # ------------------------------------------------------------ setup
+    def _model_and_optimisers(self, fresh: bool):
+        c = self.config
+        if c["model_path"] is None:
+            model = build_model(c["arch"], sobel=c["sobel"], input_size=c["input_size"],
+                                width=c["width"], seed=c["init_seed"])
+        else:
+            model, meta = load_model(c["model_path"])
+            _check_model_matches(meta, c)
+        model.replace_top(self.k, torch.Generator().manual_seed(derived_seed(c["seed"], _TOP)))
+        model.to(self.ctx.device).train()
+        body = torch.optim.SGD(model.body_parameters(), lr=c["lr"], momentum=c["momentum"],
+                               weight_decay=c["weight_decay"])
+        top = torch.optim.SGD(model.top.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
+        if c["body_optim_path"] is not None and fresh:
+            _load_body_optimiser(body, c)
+        return model, body, top
+
+    def _resume(self, ckpt: dict) -> None:
+        if ckpt["sampler"]["draws"] != list(self.plan.draws):
+            raise LabelsError(f"{self.ckpt_path}: the round's draws changed since the checkpoint "
+                              "(labels or shards differ); delete the ckpt folder to start over")
+        self.model.load_state_dict(ckpt["model"])
+        self.body_opt.load_state_dict(ckpt["optim_body"])
+        self.top_opt.load_state_dict(ckpt["optim_top"])
+        self.tally.load(ckpt["tally"], self.ctx.rank)
+        self.step, self.loss_curve = ckpt["step"], ckpt["loss_curve"]
+        self.elapsed_before = ckpt["elapsed_s"]
+
+    # ------------------------------------------------------------ the loop
+    def run(self, workers: int, checkpoint_every: int, progress: bool) -> dict:
+        first, plan = self.step, self.plan
+        bar = tqdm(total=plan.steps, initial=first, unit="step", desc="train", dynamic_ncols=True,
+                   disable=not progress or self.ctx.rank != 0)
+        loop_start, waited = time.perf_counter(), 0.0
+        if first < plan.steps:
+            batches = self._batches(workers)
+            try:
+                waited = self._loop(batches, checkpoint_every, bar)
+            finally:
+                batches.close()
+        bar.close()
+        timing = {"startup_s": loop_start - self.t0, "loop_s": time.perf_counter() - loop_start,
+                  "data_wait_s": waited,
+                  "samples": sum(plan.consumed(q, plan.steps) - plan.consumed(q, first)
+                                 for q in range(self.ctx.world))}
+        return self._finish(first, timing)
+
+    def _batches(self, workers: int) -> MergedBatches:
+        c, device = self.config, self.ctx.device
+        size = self.model.config["input_size"]
+        transform = train_transform(size, crop_min=c["crop_min"], flip=c["flip"])
+        streams = open_streams(self.sampler, c["chunk"], transform, workers,
+                               prefetch=max(2, 2 * c["batch_size"] // (c["chunk"] * c["streams"])),
+                               pin_memory=device.type == "cuda")
+        return MergedBatches(self.lengths, c["chunk"], streams, (3, size, size),
+                             start=self.plan.consumed(self.ctx.rank, self.step))
+
+    def _loop(self, batches: MergedBatches, checkpoint_every: int, bar) -> float:
+        """Steps from self.step to the end; returns the seconds spent waiting for data."""
+        c, ctx, plan = self.config, self.ctx, self.plan
+        net = self.model
+        if ctx.world > 1:
+            ids = [ctx.device] if ctx.device.type == "cuda" else None
+            net = DistributedDataParallel(self.model, device_ids=ids)
+        loop_start, waited = time.perf_counter(), 0.0
+        for i in range(self.step, plan.steps):
+            t = time.perf_counter()
+            images, labels = batches.take(plan.batch(ctx.rank, i))
+            waited += time.perf_counter() - t
+            torch.manual_seed(derived_seed(c["seed"], _DROPOUT, i, ctx.rank))
+            loss = train_step(net, (self.body_opt, self.top_opt),
+                              images.to(ctx.device, non_blocking=True),
+                              labels.to(ctx.device, non_blocking=True),
+                              ctx.world / plan.global_batch(i), plan.parts(i, c["batch_size"]))
+            self.tally.add(loss, labels)
+            self._after_step(i + 1, checkpoint_every, time.perf_counter() - loop_start, bar)
+        return waited
+
+    def _after_step(self, done: int, checkpoint_every: int, loop_s: float, bar) -> None:
+        end = done == self.plan.steps
+        if done % self.config["loss_every"] == 0 or end:
+            self.tally.reduce(self.ctx)
+            if self.ctx.rank == 0:
+                self.loss_curve.append([done, self.tally.take_interval_mean()])
+                bar.set_postfix(loss=f"{self.loss_curve[-1][1]:.3f}")
+            else:
+                self.tally.interval_steps = 0
+        if done % checkpoint_every == 0 or end:
+            self.tally.reduce(self.ctx)
+            self.step = done
+            if self.ctx.rank == 0:
+                self._checkpoint(self.elapsed_before + loop_s)
+        bar.update(1)
+
+    def _checkpoint(self, elapsed_s: float) -> None:
+        plan = self.plan
+        _save(self.ckpt_path, {
+            "format": CKPT_FORMAT, "config": self.config, "step": self.step,
+            "model": _cpu_state(self.model), "optim_body": self.body_opt.state_dict(),
+            "optim_top": self.top_opt.state_dict(), "loss_curve": self.loss_curve,
+            "tally": self.tally.state(), "elapsed_s": elapsed_s,
+            "sampler": {"draws": list(plan.draws), "steps": plan.steps,
+                        "consumed": [plan.consumed(q, self.step) for q in range(len(plan.draws))]},
+        })
+
+    # ------------------------------------------------------------ outputs
+    def _finish(self, first: int, timing: dict) -> dict:
+        """Rank 0 writes model.pt, optim_body.pt, then train.json; every rank returns the record."""
+        self.tally.draws = self.ctx.sum(self.tally.draws)  # rank 0 holds the sum, others zeros
+        record = self._record(first, timing)
+        if self.ctx.rank == 0:
+            save_model(self.out_dir / "model.pt", self.model,
+                       {"k": self.k, "round": self.config["round"], "train_seed": self.config["seed"],
+                        "steps": self.plan.steps})
+            _save(self.out_dir / "optim_body.pt", self.body_opt.state_dict())
+            atomic_write_json(self.out_dir / "train.json", record)
+        if self.ctx.world > 1:
+            dist.barrier()
+        return record
+
+    def _record(self, first: int, timing: dict) -> dict:
+        plan, config = self.plan, self.config
+        loop_s = timing["loop_s"]
+        return {
+            "steps": plan.steps, "samples": sum(plan.draws), "world_size": len(plan.draws),
+            "samples_per_rank": list(plan.draws), "n_labelled": int(self.sizes.sum()),
+            "expected_samples": float(self.sizes.sum() * config["reassign"]),
+            "passes": self.sampler.passes, "k": self.k,
+            "cluster_draws": _draws_summary(self.tally.draws.numpy(), self.sizes,
+                                            self.sampler.expected_draws),
+            "loss_every": config["loss_every"], "loss_curve": self.loss_curve,
+            "final_loss": self.loss_curve[-1][1] if self.loss_curve else None,
+            "resumed_from_step": first or None,
+            "timings": {**{k: round(v, 3) for k, v in timing.items() if k != "samples"},
+                        "samples_this_run": timing["samples"],
+                        "images_per_s": round(timing["samples"] / loop_s, 1) if loop_s else None,
+                        "train_s_all_runs": round(self.elapsed_before + loop_s, 3)},
+            "config": {k: v for k, v in config.items() if k != "shards"},
+            "n_shards": len(config["shards"]),
+        }
+
+
+# ---------------------------------------------------------------- helpers
+def _checked_k(shards: list[ShardInfo], labels_dir: Path) -> int:
+    index = read_index(labels_dir)
+    labelled = {s["name"] for s in index["shards"]}
+    missing = [s.name for s in shards if s.name not in labelled]
+    if missing:
+        raise LabelsError(f"{labels_dir} has no labels for shards {missing[:5]}"
+                          f"{' ...' if len(missing) > 5 else ''}: cluster this round's shards first")
+    return int(index["k"])
+
+
+PATHS = ("labels_dir", "model_path", "body_optim_path")  # a moved workspace may still resume
+
+
+def _check_same_config(saved: dict, config: dict, path: Path) -> None:
+    changed = sorted(k for k in set(saved) | set(config)
+                     if k not in PATHS and saved.get(k) != config.get(k))
+    if changed:
+        raise ValueError(f"{path} was written with other settings ({', '.join(changed)}); "
+                         "run with the same settings or delete the ckpt folder to start over")
+
+
+def _check_model_matches(meta: dict, config: dict) -> None:
+    for key in ("arch", "sobel", "input_size"):
+        if meta[key] != config[key]:
+            raise ValueError(f"{config['model_path']} has {key}={meta[key]!r}, "
+                             f"the round is configured with {config[key]!r}")
+
+
+def _load_body_optimiser(body: torch.optim.SGD, config: dict) -> None:
+    """The previous round's body SGD state, with this round's hyperparameters."""
+    path = config["body_optim_path"]
+    try:
+        body.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        for param in body.param_groups[0]["params"]:
+            buffer = body.state[param].get("momentum_buffer")
+            if buffer is not None and buffer.shape != param.shape:
+                raise ValueError(f"momentum of shape {tuple(buffer.shape)} for a parameter of "
+                                 f"shape {tuple(param.shape)}")
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"{path} does not fit this model's body parameters: {exc}") from exc
+    for group in body.param_groups:
+        group.update(lr=config["lr"], momentum=config["momentum"],
+                     weight_decay=config["weight_decay"])
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{path}: not a dcpipe training checkpoint")
+    return blob
+
+
+def _save(path: Path, obj) -> None:
+    atomic_write_with(path, lambda f: torch.save(obj, f))
+
+
+def _cpu_state(model) -> dict:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _draws_summary(draws: np.ndarray, sizes: np.ndarray, expected: float) -> dict:
+    nonempty = sizes > 0
+    per = draws[nonempty]
+    return {"clusters_nonempty": int(nonempty.sum()), "clusters_drawn": int((draws > 0).sum()),
+            "target": round(expected / max(1, int(nonempty.sum())), 2),
+            "min": int(per.min()), "median": float(np.median(per)), "max": int(per.max())}

@@ -1,0 +1,128 @@
+"""What the report reads: cluster sizes, sample images per cluster, neighbours, filters."""
+
+import numpy as np
+import pytest
+import torch
+
+from dcpipe.pipeline.report import data as reportdata
+from dcpipe.stages.common.models import build_model
+from support.labelled_shards import PALETTE, make_collection, skewed_labels
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Shards whose images are flat colours encoding their cluster, with a label index."""
+    root = tmp_path_factory.mktemp("planted")
+    labels = skewed_labels([30, 12, 5, 1, 0, 2], n_shards=3, seed=1, unlabelled=4)
+    _, labels_dir = make_collection(root, labels, k=6)
+    return root, labels_dir, np.concatenate(labels)
+
+
+def test_cluster_sizes_count_every_labelled_sample(planted):
+    _, labels_dir, labels = planted
+    sizes = reportdata.cluster_sizes(labels_dir)
+    assert sizes.tolist() == [30, 12, 5, 1, 0, 2]
+    assert sizes.sum() == (labels >= 0).sum()
+
+
+def test_cluster_examples_show_images_of_their_own_cluster(planted):
+    root, labels_dir, _ = planted
+    sizes = reportdata.cluster_sizes(labels_dir)
+    found = reportdata.cluster_examples(root / "shards", labels_dir, sizes, clusters=4,
+                                        per_cluster=3, seed=0)
+    assert len(found) == 4 and all(ex.size == sizes[ex.cluster] for ex in found)
+    assert [ex.size for ex in found] == sorted((ex.size for ex in found), reverse=True)
+    assert 4 not in [ex.cluster for ex in found]  # the empty cluster is never chosen
+    for ex in found:
+        assert len(ex.examples) == min(3, ex.size)
+        for example in ex.examples:
+            colour = example.image.reshape(-1, 3).mean(axis=0)
+            assert np.argmin(((PALETTE - colour) ** 2).sum(axis=1)) == ex.cluster
+
+
+def test_reading_stops_once_every_chosen_cluster_is_full(tmp_path):
+    both = np.array([0, 1] * 3, dtype=np.int32)
+    _, labels_dir = make_collection(tmp_path, [both, both], k=2)
+    # the second shard is never opened: corrupting it changes nothing
+    (tmp_path / "shards" / "000001.tar").write_bytes(b"garbage")
+    found = reportdata.cluster_examples(tmp_path / "shards", labels_dir, np.array([6, 6]),
+                                        clusters=2, per_cluster=3, seed=0)
+    assert [len(ex.examples) for ex in found] == [3, 3]
+
+
+def test_only_a_bounded_random_set_of_shards_is_read(tmp_path):
+    labels = [np.array([s % 3, (s + 1) % 3] * 3, dtype=np.int32) for s in range(6)]
+    _, labels_dir = make_collection(tmp_path, labels, k=3)
+    names = [f"{i:06d}" for i in range(6)]
+    read = reportdata.some_shards(names, 2, seed=4)
+    assert len(read) == 2 and read == sorted(read)
+    for name in set(names) - set(read):  # never opened: corrupting them changes nothing
+        (tmp_path / "shards" / f"{name}.tar").write_bytes(b"garbage")
+    sizes = reportdata.cluster_sizes(labels_dir)
+    found = reportdata.cluster_examples(tmp_path / "shards", labels_dir, sizes, clusters=3,
+                                        per_cluster=2, seed=4, max_shards=2)
+    assert sum(len(ex.examples) for ex in found) >= 4
+    models = {"m": build_model("small", input_size=32, width=8, seed=0).eval()}
+    pool = reportdata.nearest_neighbours(tmp_path / "shards", models, pool=50, queries=2, k=3,
+                                         seed=4, max_shards=2)
+    assert len(pool.thumbs) == 12  # the two shards' images, no more
+
+
+def test_clusters_with_enough_images_are_preferred():
+    available = np.array([0, 9, 1, 5, 2])
+    assert sorted(reportdata.choose_clusters(available, 2, per_cluster=5, seed=0)) == [1, 3]
+    assert reportdata.choose_clusters(available, 4, per_cluster=5, seed=0)[2:] == [4, 2]
+
+
+def test_neighbours_leave_the_query_out_and_rank_by_cosine():
+    features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.7, 0.7]])
+    assert reportdata._neighbours(features, [0, 2], k=2).tolist() == [[1, 3], [3, 1]]
+
+
+def test_nearest_neighbours_of_two_models_on_a_subset(planted):
+    root, _, _ = planted
+    models = {"a": build_model("small", input_size=32, width=8, seed=0).eval(),
+              "b": build_model("small", input_size=32, width=8, seed=1).eval()}
+    found = reportdata.nearest_neighbours(root / "shards", models, pool=20, queries=3, k=4,
+                                          seed=0)
+    assert found.thumbs.shape == (20, 32, 32, 3) and found.thumbs.dtype == np.uint8
+    assert len(found.queries) == 3 and set(found.by_model) == {"a", "b"}
+    for neighbours in found.by_model.values():
+        assert neighbours.shape == (3, 4)
+        assert not any(q in row for q, row in zip(found.queries, neighbours.tolist()))
+
+
+def test_sobel_filters_are_shown_as_the_grey_filter_they_amount_to():
+    model = build_model("small", input_size=32, width=8, seed=0).eval()
+    filters = reportdata.first_layer_filters(model)
+    assert filters.shape == (8, 5, 5, 1) and filters.min() == 0 and filters.max() == 1
+    # the composed kernel applied to a grey image equals Sobel then conv1 (away from borders)
+    conv = model.features[0][0]
+    sobel = model.sobel[1].weight.detach().double()
+    composed = reportdata._compose_with_sobel(conv.weight.detach().double(), sobel)
+    grey = torch.rand(1, 1, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        through_model = torch.nn.functional.conv2d(model.sobel.double()(grey.repeat(1, 3, 1, 1)),
+                                                   conv.weight.double())
+    direct = torch.nn.functional.conv2d(grey, composed)
+    assert torch.allclose(through_model[..., 2:-2, 2:-2], direct[..., 1:-1, 1:-1], atol=1e-6)
+
+
+def test_rgb_filters_keep_their_colour():
+    model = build_model("small", input_size=32, width=8, sobel=False, seed=0)
+    assert reportdata.first_layer_filters(model).shape == (8, 3, 3, 3)
+
+
+def test_rounds_are_read_with_whatever_records_they_have(tmp_path):
+    (tmp_path / "rounds" / "0000").mkdir(parents=True)
+    (tmp_path / "rounds" / "0001").mkdir()
+    (tmp_path / "rounds" / "0000" / "clusters.json").write_text('{"k": 3}')
+    (tmp_path / "rounds" / "0001" / "eval.json").write_text("{broken")
+    records = reportdata.read_rounds(tmp_path)
+    assert [r.round for r in records] == [0, 1]
+    assert records[0].clusters == {"k": 3} and records[1].eval is None
+    assert not records[0].has_labels and records[0].model_path is None
+    assert [r.round for r in reportdata.read_rounds(tmp_path, rounds=[1])] == [1]
+    assert reportdata.read_rounds(tmp_path / "nothing") == []

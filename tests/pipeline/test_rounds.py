@@ -1,0 +1,93 @@
+"""`dcpipe run` as cron uses it: missing steps only, one run at a time, shards joining later rounds."""
+
+import json
+import subprocess
+import time
+
+from support.sample_shards import make_collection
+from test_cli import DCPIPE, dcpipe
+
+from dcpipe.shards.manifest import MANIFEST, add_entry, load_manifest
+
+TINY = """
+[model]
+width = 8
+[extract]
+batch_size = 32
+workers = 0
+[cluster]
+k = 4
+pca_dim = 16
+[train]
+batch_size = 32
+workers = 1
+"""
+
+
+def tiny_workspace(root, n_shards=2, per_shard=40):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dcpipe.toml").write_text(TINY)
+    make_collection(root / "shards", n_shards, per_shard)
+    return root
+
+
+def status(ws):
+    out = dcpipe(ws, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_run_does_only_what_is_missing_and_continues_later(tmp_path):
+    ws = tiny_workspace(tmp_path / "ws")
+    first = dcpipe(ws, "-q", "run", "--rounds", "1")
+    assert first.returncode == 0, first.stderr
+    [r0] = status(ws)["rounds"]
+    assert r0["steps"] == {"extract": True, "cluster": True, "train": True}
+    model_mtime = (ws / "rounds" / "0000" / "model.pt").stat().st_mtime_ns
+    second = dcpipe(ws, "run", "--rounds", "2")
+    assert second.returncode == 0, second.stderr
+    assert "round 0" not in second.stdout.split("step(s) done")[0]
+    assert (ws / "rounds" / "0000" / "model.pt").stat().st_mtime_ns == model_mtime
+    rounds = status(ws)["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert rounds[1]["cluster"]["nmi_prev"] is not None and rounds[1]["cluster"]["nmi_true"] is not None
+    assert rounds[1]["train"]["steps"] > 0
+    text = dcpipe(ws, "status").stdout.splitlines()
+    row = text[text.index(next(line for line in text if line.startswith("round "))) + 2].split()
+    c, t = rounds[1]["cluster"], rounds[1]["train"]
+    assert row == ["1", "done", "done", "done", str(c["k"]), f"{c['nmi_true']:.3f}", f"{c['nmi_prev']:.3f}",
+                   f"{c['acc_true']:.3f}", f"{t['final_loss']:.3f}", f"{c['seconds']:.1f}", f"{t['seconds']:.1f}"]
+    again = dcpipe(ws, "run", "--rounds", "2")
+    assert again.returncode == 0 and "already complete" in again.stdout
+
+
+def test_a_second_run_while_one_works_exits_75_at_once(tmp_path):
+    ws = tiny_workspace(tmp_path / "ws")
+    first = subprocess.Popen([DCPIPE, "-q", "-w", str(ws), "run", "--rounds", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (ws / ".lock").exists() or not (ws / ".lock").read_text().strip():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        start = time.monotonic()
+        second = dcpipe(ws, "run", "--rounds", "1")
+        assert second.returncode == 75 and "busy" in second.stderr
+        assert time.monotonic() - start < 20
+    finally:
+        assert first.wait(timeout=300) == 0
+
+
+def test_shards_added_between_rounds_join_the_next_round(tmp_path):
+    ws = tiny_workspace(tmp_path / "ws", n_shards=3)
+    # hold back shard 2 as if cron's `dcpipe shard` appended it after round 0 began
+    late = load_manifest(ws / "shards")["shards"][-1]
+    lines = (ws / "shards" / MANIFEST).read_text().splitlines(keepends=True)
+    (ws / "shards" / MANIFEST).write_text("".join(lines[:-1]))
+    assert dcpipe(ws, "-q", "run", "--rounds", "1").returncode == 0
+    add_entry(ws / "shards", late)
+    assert dcpipe(ws, "-q", "run", "--rounds", "2").returncode == 0
+    used = [json.loads((ws / "rounds" / f"000{r}" / "shards.json").read_text()) for r in (0, 1)]
+    assert used == [["000000", "000001"], ["000000", "000001", "000002"]]
+    rounds = status(ws)["rounds"]
+    assert [r["cluster"]["n_samples"] for r in rounds] == [80, 120]

@@ -1,0 +1,147 @@
+import json
+import subprocess
+
+import pytest
+import webdataset as wds
+from support.imagefiles import photo
+from support.imageserver import ImageServer
+from support.shard_data import collection, file_digests, hostile_rows, rejects, serve_photos, write_csv
+
+from dcpipe.shards.manifest import load_manifest
+from dcpipe.shards.naming import is_valid_key
+from dcpipe.stages.shard.stage import resolve_nodes, shard
+from dcpipe.stages.sources.tables import SourceError
+
+QUICK = {"progress": False, "timeout": 3.0, "max_bytes": 1 << 20}  # generous: CI machines are busy
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ImageServer() as s:
+        yield s
+
+
+def test_every_row_is_a_sample_or_a_specific_reject(server, tmp_path):
+    urls = serve_photos(server, 6)
+    good = [{"url": u, "caption": f"photo {i}"} for i, u in enumerate(urls)]
+    good += [{"url": urls[0], "key": "../../x"}, {"url": urls[1], "key": "a.b/c"}]
+    bad = hostile_rows(server, tmp_path)
+    src = write_csv(tmp_path / "list.csv", good + [row for row, _ in bad])
+    out = tmp_path / "ws" / "shards"
+    stats = shard(src, out, shard_size=7, workers=2, key_col="key", **QUICK)
+    assert stats["rows"] == len(good) + len(bad) == stats["written"] + stats["rejected"]
+    assert stats["written"] == len(good)
+    assert rejects(out) == {len(good) + i: reason for i, (_, reason) in enumerate(bad)}
+    samples = collection(out)
+    assert {"______x", "a_b_c"} <= set(samples) and all(is_valid_key(k) for k in samples)
+    assert samples["000000000001"][1]["meta"] == {"caption": "photo 1"}
+    assert not list(tmp_path.glob("x*")) and not (tmp_path / "ws" / "x").exists()
+    manifest = load_manifest(out)["shards"]
+    assert sum(e["rows"] for e in manifest) == stats["rows"]
+    assert all(e["written"] + e["rejected"] == e["rows"] for e in manifest)
+
+
+def _photo_folder(root, names):
+    for i, rel in enumerate(names):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(photo(300, 200, i))
+    return root
+
+
+def test_shards_read_back_with_webdataset_and_tar(tmp_path):
+    names = [f"{c}/{i}.jpg" for c in ("cat", "dog") for i in range(3)]
+    root = _photo_folder(tmp_path / "photos", names)
+    out = tmp_path / "shards"
+    shard(root, out, shard_size=4, progress=False)
+    tars = sorted(str(p) for p in out.glob("*.tar"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False).decode("pil"))
+    assert [s["json"]["label"] for s in samples] == ["cat"] * 3 + ["dog"] * 3
+    assert all(s["jpg"].size == (300, 200) for s in samples)
+    names = subprocess.run(["tar", "-tf", tars[0]], capture_output=True, text=True, check=True)
+    expected = [f"00000000000{i}.{e}" for i in range(4) for e in ("jpg", "json")]
+    assert names.stdout.split() == expected
+    assert [e["classes"] for e in load_manifest(out)["shards"]] == [["cat", "dog"], ["dog"]]
+
+
+def test_dedup_is_the_same_with_any_worker_count(server, tmp_path):
+    urls = serve_photos(server, 4, prefix="d")
+    src = write_csv(tmp_path / "list.csv", [{"url": u} for u in urls + urls[::-1] + urls[:1]])
+    results = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        stats = shard(src, out, shard_size=3, workers=workers, dedup=True, **QUICK)
+        assert (stats["written"], stats["rejects"]) == (4, {"duplicate": 5})
+        results[workers] = file_digests(out)
+    assert results[1] == results[2]
+
+
+def test_growth_adds_shards_and_leaves_old_ones_untouched(server, tmp_path):
+    urls = serve_photos(server, 14, prefix="g")
+    src = write_csv(tmp_path / "list.csv", [{"url": u} for u in urls[:10]])
+    out = tmp_path / "shards"
+    shard(src, out, shard_size=4, **QUICK)
+    before = file_digests(out)
+    assert shard(src, out, shard_size=4, **QUICK)["shards_written"] == 0
+    write_csv(src, [{"url": u} for u in urls[10:]], mode="a")
+    stats = shard(src, out, shard_size=4, **QUICK)
+    after = file_digests(out)
+    assert stats["shards_written"] == 1 and stats["rows"] == 4
+    assert {k: after[k] for k in before} == before and set(after) - set(before) == {"000003.tar"}
+    assert [(e["row_start"], e["row_end"]) for e in load_manifest(out)["shards"]] == [
+        (0, 4), (4, 8), (8, 10), (10, 14)]
+
+
+def test_lost_plan_never_reuses_recorded_shard_indices(server, tmp_path):
+    src = write_csv(tmp_path / "list.csv", [{"url": u} for u in serve_photos(server, 3, "l")])
+    out = tmp_path / "shards"
+    shard(src, out, shard_size=2, **QUICK)
+    before = file_digests(out)
+    (out / "plan.json").unlink()
+    assert shard(src, out, shard_size=2, **QUICK)["shards_written"] == 2
+    assert {k: file_digests(out)[k] for k in before} == before and len(file_digests(out)) == 4
+
+
+def test_folder_growth_numbers_new_files_after_old_ones(tmp_path):
+    root = _photo_folder(tmp_path / "photos", ["cat/a.jpg", "cat/c.jpg", "dog/a.jpg"])
+    out = tmp_path / "shards"
+    shard(root, out, shard_size=2, **QUICK)
+    before = file_digests(out)
+    _photo_folder(root, ["cat/b.jpg"])  # sorts between files already sharded
+    stats = shard(root, out, shard_size=2, **QUICK)
+    assert stats["shards_written"] == 1 and {k: file_digests(out)[k] for k in before} == before
+    rows = {m["row"]: m["source"][len(str(root)) + 1:] for _, m in collection(out).values()}
+    assert rows == {0: "cat/a.jpg", 1: "cat/c.jpg", 2: "dog/a.jpg", 3: "cat/b.jpg"}
+
+
+def test_nodes_write_disjoint_shards_then_one_run_records_them(server, tmp_path):
+    urls = serve_photos(server, 10, prefix="n")
+    src = write_csv(tmp_path / "list.csv", [{"url": u} for u in urls])
+    out = tmp_path / "shards"
+    written = [shard(src, out, shard_size=2, node_rank=r, num_nodes=2, **QUICK)["shards_written"]
+               for r in (0, 1)]
+    assert written == [3, 2] and load_manifest(out)["shards"] == []
+    before = file_digests(out)
+    stats = shard(src, out, shard_size=2, **QUICK)
+    assert stats["shards_written"] == 0 and stats["shards_skipped"] == 5
+    assert file_digests(out) == before and len(collection(out)) == 10
+
+
+def test_bad_options_and_changed_options_fail_clearly(server, tmp_path):
+    src = write_csv(tmp_path / "list.csv", [{"url": u} for u in serve_photos(server, 2, "o")])
+    out = tmp_path / "shards"
+    with pytest.raises(ValueError, match="dedup needs"):
+        shard(src, out, dedup=True, num_nodes=2, node_rank=0, **QUICK)
+    with pytest.raises(ValueError, match="shard_size"):
+        shard(src, out, shard_size=0, **QUICK)
+    shard(src, out, **QUICK)
+    with pytest.raises(SourceError, match="image_size: planned 256, now 128"):
+        shard(src, out, image_size=128, **QUICK)
+    assert json.loads((out / "plan.json").read_text())["sources"]
+
+
+def test_node_split_comes_from_torchrun_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert resolve_nodes() == (1, 3) and resolve_nodes(0, 1) == (0, 1)
+    with pytest.raises(ValueError, match="node_rank"):
+        resolve_nodes(3, 3)

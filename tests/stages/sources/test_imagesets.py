@@ -1,0 +1,83 @@
+"""Image sets from shards, folders and tables: order, labels, failures, subsets."""
+
+import numpy as np
+import pytest
+import torch
+from torchvision import transforms
+
+from dcpipe.shards.reader import iter_shard, list_shards
+from dcpipe.stages.sources.imagesets import ImageSet, choose_positions
+from support.sample_shards import make_collection
+
+torch.set_num_threads(1)
+TO_TENSOR = transforms.ToTensor()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    make_collection(root, 3, [10, 3, 8], seed=4)
+    return root
+
+
+def read_all(image_set, **kwargs):
+    keys, labels, images, failures = [], [], [], []
+    for batch in image_set.batches(TO_TENSOR, **kwargs):
+        keys += batch.keys
+        labels += batch.labels
+        failures += batch.failures
+        if batch.images is not None:
+            images.append(batch.images)
+    return keys, labels, torch.cat(images) if images else None, failures
+
+
+def test_shards_come_out_in_source_order_whatever_the_workers(shards):
+    expected = [s.key for info in list_shards(shards) for s in iter_shard(info.path)]
+    one = read_all(ImageSet(shards), batch_size=4, workers=0)
+    two = read_all(ImageSet(shards), batch_size=4, workers=2)
+    assert one[0] == two[0] == expected
+    assert torch.equal(one[2], two[2])
+    assert set(one[1]) <= {"cat", "dog", "panda"} and len(ImageSet(shards)) == 21
+
+
+def test_folder_rows_carry_their_class_and_bad_files_fail_with_a_reason(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    image = tmp_path / "a" / "1.png"
+    transforms.ToPILImage()(torch.rand(3, 9, 9)).save(image)
+    (tmp_path / "b" / "2.jpg").write_bytes(b"\xff\xd8 truncated")
+    keys, labels, images, failures = read_all(ImageSet(tmp_path), batch_size=8)
+    assert labels == ["a"] and images.shape == (1, 3, 9, 9) and keys == [str(image)]
+    assert failures[0][0].endswith("2.jpg") and "undecodable" in failures[0][1]
+
+
+def test_a_broken_shard_reports_its_lost_rows(shards, tmp_path):
+    broken = tmp_path / "broken"
+    make_collection(broken, 1, 6, seed=1)
+    tar = list_shards(broken)[0].path
+    tar.write_bytes(tar.read_bytes()[:4000])  # cut inside the samples
+    keys, _, _, failures = read_all(ImageSet(broken), batch_size=4)
+    assert len(keys) + len(failures) == 6 and failures
+
+
+def test_a_table_names_its_sources_and_labels(tmp_path):
+    image = tmp_path / "x.png"
+    transforms.ToPILImage()(torch.rand(3, 9, 9)).save(image)
+    table = tmp_path / "list.csv"
+    gone = tmp_path / "gone.png"
+    table.write_text(f"path,label\n{image},zebra\n{gone},zebra\n")
+    keys, labels, _, failures = read_all(ImageSet(table), batch_size=8)
+    assert keys == [str(image)] and labels == ["zebra"]
+    assert failures[0][0] == str(gone) and "not_found" in failures[0][1]
+
+
+def test_subset_is_seeded_uniform_and_exact_in_size():
+    mask = choose_positions(1000, 100, seed=3)
+    assert mask.sum() == 100 and np.array_equal(mask, choose_positions(1000, 100, seed=3))
+    assert 20 < mask[:500].sum() < 80  # not the first rows: every part of the source
+    assert choose_positions(10, 100, seed=3) is None and choose_positions(10, None, 0) is None
+
+
+def test_missing_set_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageSet(tmp_path / "nowhere")

@@ -1,0 +1,137 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dcpipe.stages.sources.folders import sync_listing
+from dcpipe.stages.sources.tables import SourceError, iter_rows
+
+# A YFCC100M line of each release (tab separated). Fields as released: URL-encoded text,
+# comma-separated tags, marker 0 = photo, 1 = video.
+_YFCC_COMMON = [
+    "6985418911", "39089491@N00", "gnuckx",
+    "2012-02-16 09:56:37.0", "1331840483", "Canon+PowerShot+ELPH+310+HS",
+    "IMG_0520", "My+caf%C3%A9+%26+tea", "canon,caf%C3%A9+noir,powershot", "",
+    "-0.1278", "51.5074", "16", "http://www.flickr.com/photos/39089491@N00/6985418911/",
+]
+_YFCC_TAIL = ["Attribution-NonCommercial+License",
+              "http://creativecommons.org/licenses/by-nc/2.0/",
+              "7205", "8", "df7747990d", "692d7e0a7f", "jpg"]
+
+
+def _yfcc25(url, marker):
+    return "\t".join(["0", _YFCC_COMMON[0], "a7d27bd4c8ec51cbd0a5ea9d89e4bba"] + _YFCC_COMMON[1:]
+                     + [url] + _YFCC_TAIL + [marker])
+
+
+def _yfcc23(url, marker):
+    return "\t".join(_YFCC_COMMON + [url] + _YFCC_TAIL + [marker])
+
+
+def _rows(src, **kw):
+    return list(iter_rows(src, **kw))
+
+
+def test_csv_with_url_column_carries_other_columns(tmp_path):
+    src = tmp_path / "list.csv"
+    src.write_text("url,caption,width\nhttp://h/a.jpg,a cat,640\n,empty,1\nb.jpg,\"x, y\",2\n")
+    rows = _rows(src)
+    assert [(r.row, r.source, r.reject) for r in rows] == [
+        (0, "http://h/a.jpg", None), (1, None, "missing_source"), (2, "b.jpg", None)]
+    assert rows[0].meta == {"caption": "a cat", "width": "640"}
+    assert _rows(src, meta_cols=["caption"])[2].meta == {"caption": "x, y"}
+
+
+def test_tsv_with_named_columns(tmp_path):
+    src = tmp_path / "list.tsv"
+    src.write_text("img\tid\tnote\n/data/a.jpg\tk1\tn\n")
+    [row] = _rows(src, url_col="img", key_col="id")
+    assert (row.source, row.key, row.meta) == ("/data/a.jpg", "k1", {"note": "n"})
+
+
+def test_jsonl_and_text_lists(tmp_path):
+    jsonl = tmp_path / "list.jsonl"
+    jsonl.write_text('{"path": "a.jpg", "tags": ["x"]}\n\nnot json\n{"path": "b.jpg", "n": 2}\n')
+    rows = _rows(jsonl)
+    assert [(r.source, r.reject) for r in rows] == [("a.jpg", None), (None, "bad_line"),
+                                                    ("b.jpg", None)]
+    assert rows[0].meta == {"tags": ["x"]} and rows[2].meta == {"n": 2}
+    text = tmp_path / "urls.txt"
+    text.write_text("http://h/1.jpg\n\n  file:///x/2.jpg  \n")
+    assert [(r.row, r.source) for r in _rows(text)] == [
+        (0, "http://h/1.jpg"), (1, "file:///x/2.jpg")]
+
+
+def test_parquet_is_read_in_batches(tmp_path, monkeypatch):
+    import dcpipe.stages.sources.tables as sources
+
+    monkeypatch.setattr(sources, "PARQUET_BATCH_ROWS", 3)
+    src = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"url": [f"u{i}.jpg" for i in range(7)], "score": [0.5] * 6 + [None]}),
+                   src, row_group_size=2)
+    rows = _rows(src)
+    assert [r.source for r in rows] == [f"u{i}.jpg" for i in range(7)]
+    assert rows[6].meta == {"score": None} and [r.row for r in rows] == list(range(7))
+
+
+def test_yfcc_both_releases_decode_text_and_reject_videos(tmp_path):
+    src = tmp_path / "yfcc100m_dataset"
+    lines = [_yfcc25("http://farm8/a.jpg", "0"), _yfcc23("http://farm8/b.jpg", "0"),
+             _yfcc25("http://farm8/v.mp4", "1"), "too\tfew\tfields"]
+    src.write_text("\n".join(lines) + "\n")
+    rows = _rows(src)  # detected from the name
+    assert rows == _rows(src, format="yfcc100m")
+    assert [(r.source, r.reject) for r in rows] == [
+        ("http://farm8/a.jpg", None), ("http://farm8/b.jpg", None),
+        ("http://farm8/v.mp4", "video"), (None, "bad_line")]
+    meta = rows[0].meta
+    assert meta["description"] == "My café & tea"
+    assert meta["capture_device"] == "Canon PowerShot ELPH 310 HS"
+    assert meta["user_tags"] == ["canon", "café noir", "powershot"] and meta["machine_tags"] == []
+    assert (meta["longitude"], meta["accuracy"], meta["photo_id"]) == (-0.1278, 16, "6985418911")
+    assert "photo_hash" not in rows[1].meta and rows[1].meta["user_tags"] == meta["user_tags"]
+    assert _rows(src, key_col="photo_id")[1].key == "6985418911"
+
+
+def test_yfcc_file_read_as_tsv_gets_a_hint(tmp_path):
+    src = tmp_path / "yfcc100m_dataset-0.tsv"
+    src.write_text(_yfcc23("http://farm8/b.jpg", "0") + "\n")
+    with pytest.raises(SourceError, match="pass format=yfcc100m"):
+        _rows(src)
+    assert _rows(src, format="yfcc100m")[0].source == "http://farm8/b.jpg"
+
+
+def test_folder_rows_keep_their_numbers_when_files_appear(tmp_path):
+    root = tmp_path / "imgs"
+    for rel in ("dog/b.jpg", "cat/a.jpg", "cat/c.jpg", ".hidden/x.jpg", "cat/.DS_Store"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    assert [(r.row, r.label) for r in _rows(root)] == [(0, "cat"), (1, "cat"), (2, "dog")]
+    listing = tmp_path / "listing"
+    assert sync_listing(root, listing) == 3
+    (root / "cat" / "b.jpg").write_bytes(b"x")  # sorts between existing files
+    with open(listing, "a") as f:
+        f.write('"cat/tor')  # a line torn by a kill is cut, not read
+    assert sync_listing(root, listing) == 1 and sync_listing(root, listing) == 0
+    rows = _rows(root, listing=listing)
+    assert [r.source.removeprefix(str(root) + "/") for r in rows] == [
+        "cat/a.jpg", "cat/c.jpg", "dog/b.jpg", "cat/b.jpg"]
+    assert [json.loads(line) for line in listing.read_text().splitlines()][-1] == "cat/b.jpg"
+
+
+@pytest.mark.parametrize("name,content,kw,message", [
+    ("missing.csv", None, {}, "does not exist"),
+    ("list.xyz", "a\n", {}, "cannot tell the format"),
+    ("list.csv", "a\n", {"format": "bogus"}, "unknown format"),
+    ("list.csv", "name,size\nx,1\n", {}, "no column named url or path"),
+    ("list.csv", "url\nx\n", {"key_col": "id"}, "missing column(s) id"),
+    ("list.jsonl", "[1, 2]\n", {}, "not a JSON object"),
+    ("list.parquet", "not parquet", {}, "cannot read parquet"),
+])
+def test_unusable_source_lists_raise_clear_errors(tmp_path, name, content, kw, message):
+    src = tmp_path / name
+    if content is not None:
+        src.write_text(content)
+    with pytest.raises(SourceError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _rows(src, **kw)

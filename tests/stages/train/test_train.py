@@ -1,0 +1,183 @@
+"""The training stage on real shards: outputs, round-to-round state, SIGKILL resume, 2-rank DDP."""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dcpipe.stages.common.models import build_model, load_model
+from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
+from dcpipe.stages.train.stage import train
+
+from support.labelled_shards import make_collection
+
+torch.set_num_threads(1)
+K = 8
+OPTIONS = {"width": 4, "input_size": 32, "batch_size": 16, "loss_every": 2,
+           "checkpoint_every": 3, "seed": 1, "workers": 1, "progress": False}
+SCRIPT = """
+import json, sys, torch
+torch.set_num_threads(1)
+from dcpipe.shards.reader import list_shards
+from dcpipe.stages.train.stage import train
+args = json.loads(sys.argv[1])
+train(list_shards(args["shards"]), args["labels"], args["out"], **args["options"])
+"""
+
+
+def _collection(root, sizes, k=K, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = [rng.integers(-1, k, n).astype(np.int32) for n in sizes]
+    return make_collection(root, labels, k, image_size=16)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    return _collection(tmp_path_factory.mktemp("train"), (120, 90, 100, 30))
+
+
+@pytest.fixture(scope="module")
+def round0(collection, tmp_path_factory):
+    out = tmp_path_factory.mktemp("round0")
+    return out, train(*collection, out, **OPTIONS)
+
+
+def _planned_draws(shards, labels_dir, k=K, world=1):
+    sizes = cluster_sizes(shards, labels_dir, k)
+    return sum(BalancedSampler(shards, labels_dir, sizes, seed=OPTIONS["seed"], rank=q,
+                               world=world).planned_cluster_draws() for q in range(world))
+
+
+def _final_draws(out):
+    return torch.load(out / "ckpt" / "last.pt", weights_only=True)["tally"]["draws"].numpy()
+
+
+def _state(path):
+    return load_model(path)[0].state_dict()
+
+
+def test_a_round_writes_model_optimiser_and_record(collection, round0):
+    shards, labels_dir = collection
+    out, record = round0
+    assert record["steps"] == math.ceil(record["samples"] / 16)
+    assert abs(record["samples"] - record["n_labelled"]) < 4 * math.sqrt(record["n_labelled"])
+    assert json.loads((out / "train.json").read_text()) == record
+    model, meta = load_model(out / "model.pt")
+    assert meta["top_k"] == K and model.top.out_features == K
+    optim = torch.load(out / "optim_body.pt", weights_only=True)
+    assert len(optim["state"]) == len(model.body_parameters())  # momentum buffers kept
+    assert np.array_equal(_final_draws(out), _planned_draws(shards, labels_dir))
+    summary = record["cluster_draws"]
+    assert summary["clusters_drawn"] == K and summary["min"] > 0.7 * summary["target"]
+    assert [s for s, _ in record["loss_curve"]][-1] == record["steps"]
+    assert record["timings"]["images_per_s"] > 0 and record["resumed_from_step"] is None
+    # Complete: a second call returns the record and trains nothing.
+    mtime = (out / "model.pt").stat().st_mtime_ns
+    assert train(*collection, out, **OPTIONS) == record
+    assert (out / "model.pt").stat().st_mtime_ns == mtime
+
+
+def test_next_round_starts_from_the_model_and_body_optimiser(tmp_path, round0):
+    out0, _ = round0
+    shards, labels_dir = _collection(tmp_path / "data", (60, 50), k=5, seed=3)
+    record = train(shards, labels_dir, tmp_path / "r1", model_path=out0 / "model.pt",
+                   body_optim_path=out0 / "optim_body.pt", **OPTIONS)
+    model = load_model(tmp_path / "r1" / "model.pt")[0]
+    assert model.top.out_features == 5 and record["k"] == 5
+    first_conv = "features.0.0.weight"
+    assert not torch.equal(model.state_dict()[first_conv], _state(out0 / "model.pt")[first_conv])
+
+
+def test_bad_inputs_fail_clearly(tmp_path, collection, round0):
+    shards, labels_dir = collection
+    out0, _ = round0
+    unlabelled = replace(shards[0], index=99, name="000099")
+    with pytest.raises(ValueError, match="no labels for shards"):
+        train([*shards, unlabelled], labels_dir, tmp_path / "x", **OPTIONS)
+    wide = build_model("small", input_size=32, width=8, num_classes=K)  # round 0 had width 4
+    optimiser = torch.optim.SGD(wide.body_parameters(), lr=0.1, momentum=0.9)
+    wide(torch.zeros(2, 3, 32, 32)).sum().backward()
+    optimiser.step()
+    torch.save(optimiser.state_dict(), tmp_path / "wrong_optim.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        train(shards, labels_dir, tmp_path / "y", model_path=out0 / "model.pt",
+              body_optim_path=tmp_path / "wrong_optim.pt", **OPTIONS)
+    with pytest.raises(ValueError, match="input_size"):
+        train(shards, labels_dir, tmp_path / "z", model_path=out0 / "model.pt",
+              **{**OPTIONS, "input_size": 64})
+    (tmp_path / "w" / "ckpt").mkdir(parents=True)
+    shutil.copy(out0 / "ckpt" / "last.pt", tmp_path / "w" / "ckpt" / "last.pt")
+    with pytest.raises(ValueError, match=r"other settings \(init_seed, lr, seed\)"):
+        train(shards, labels_dir, tmp_path / "w", **{**OPTIONS, "lr": 0.1, "seed": 2})
+
+
+def _launch(tmp_path, launcher: list, shards, labels_dir, out, options):
+    """Run train() in a new process group (so a kill reaches its loader workers too)."""
+    script = tmp_path / "run_train.py"
+    script.write_text(SCRIPT)
+    args = json.dumps({"shards": str(shards[0].path.parent), "labels": str(labels_dir),
+                       "out": str(out), "options": options})
+    return subprocess.Popen([*launcher, str(script), args], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_then_rerun_finishes_the_round_as_if_never_killed(tmp_path, collection):
+    shards, labels_dir = collection
+    options = {**OPTIONS, "batch_size": 8}  # ~38 steps: the kill lands well before the end
+    reference_out = tmp_path / "uninterrupted"
+    reference = train(shards, labels_dir, reference_out, **options)
+    out = tmp_path / "killed"
+    proc = _launch(tmp_path, [sys.executable], shards, labels_dir, out, options)
+    ckpt = out / "ckpt" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (out / "train.json").exists(), proc.stderr.read()[-2000:]
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < killed_at < reference["steps"]
+
+    record = train(shards, labels_dir, out, **options)
+    assert record["resumed_from_step"] >= killed_at
+    for key in ("steps", "samples", "cluster_draws"):
+        assert record[key] == reference[key]
+    assert np.array_equal(_final_draws(out), _final_draws(reference_out))
+    assert np.allclose([l for _, l in record["loss_curve"]],
+                       [l for _, l in reference["loss_curve"]], rtol=1e-5)
+    resumed, uninterrupted = _state(out / "model.pt"), _state(reference_out / "model.pt")
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_two_rank_ddp_with_unequal_ranks_finishes(tmp_path):
+    # Rank 0 reads shards 0 and 2 (270 samples: batches above batch_size, split in micro-batches),
+    # rank 1 shard 1 (4 samples: most of its batches are empty). Neither may hang the other.
+    shards, labels_dir = _collection(tmp_path / "data", (150, 4, 120), seed=7)
+    out = tmp_path / "ddp"
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone",
+                "--nproc-per-node", "2"]
+    proc = _launch(tmp_path, torchrun, shards, labels_dir, out, OPTIONS)
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+        proc.wait()
+        pytest.fail("the 2-rank DDP round hung")
+    assert proc.returncode == 0, stderr[-3000:]
+    record = json.loads((out / "train.json").read_text())
+    per_rank = record["samples_per_rank"]
+    assert record["world_size"] == 2 and per_rank[0] > 20 * per_rank[1]
+    assert record["steps"] == math.ceil(sum(per_rank) / (2 * 16))
+    # The two ranks together drew exactly what one process would have drawn.
+    assert np.array_equal(_final_draws(out), _planned_draws(shards, labels_dir))
+    assert np.array_equal(_final_draws(out), _planned_draws(shards, labels_dir, world=2))
+    assert load_model(out / "model.pt")[0].top.out_features == K
