@@ -96,11 +96,12 @@ def run_reference(store: Path, out: Path, k: int, pca_dim: int, niter: int, seed
 
 def run_streamed(store: Path, out: Path, k: int, pca_dim: int, niter: int, seed: int,
                  sample_size: int | None, refine_passes: int) -> dict:
-    from dcpipe.stages.cluster.stage import cluster
+    from dcpipe.stages.cluster import ClusterSettings, cluster
 
+    settings = ClusterSettings(k=k, pca_dim=pca_dim, niter=niter, refine_passes=refine_passes,
+                               sample_size=sample_size or ClusterSettings.sample_size)
     start = time.perf_counter()
-    record = cluster(store, out, k=k, pca_dim=pca_dim, niter=niter, seed=seed,
-                     sample_size=sample_size, refine_passes=refine_passes, progress=False)
+    record = cluster(store, out, settings, seed=seed, progress=False)
     return {"seconds": time.perf_counter() - start, "timings": record["timings"],
             "sample_size": record["sample_size"], "own_objective": record["objective_final"],
             "refine_passes": record["refine_passes"],
@@ -183,7 +184,7 @@ def bench_one(store: Path, work: Path, n: int, seed: int, args, data: str = "blo
     options = {"k": args.k, "pca_dim": args.pca_dim, "niter": args.niter, "seed": seed}
     paths = {"reference": ("reference", work / "reference", {})}
     for sample in args.sample_sizes:
-        size = None if sample == "auto" else int(sample)
+        size = None if sample == "default" else int(sample)
         for passes in args.refine_passes:
             name = f"streamed-{sample}-refine{passes}"
             paths[name] = ("streamed", work / name, {"sample_size": size, "refine_passes": passes})
@@ -198,7 +199,7 @@ def bench_one(store: Path, work: Path, n: int, seed: int, args, data: str = "blo
         res = fastest(results)
         res["objective"], labels = dcpipe_objective(store, paths[name][1])
         res["nmi_vs_reference"] = metrics.nmi(labels, ref_labels)
-        how = "auto" if name.startswith("streamed-auto") else "fixed"
+        how = "default" if name.startswith("streamed-default") else "fixed"
         path = f"streamed ({how} sample {res['sample_size']:,}, {res['refine_passes']} refine passes)"
         rows.append({"data": data, "n": n, "seed": seed, **res, "path": path})
     for row in rows:
@@ -243,8 +244,8 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=256, help="feature dimension D")
     p.add_argument("--pca-dim", type=int, default=256)
     p.add_argument("--blobs", type=int, default=1000, help="Gaussian blobs in the synthetic data")
-    p.add_argument("--sample-sizes", nargs="+", default=["auto"],
-                   help="streamed runs: 'auto' (cluster()'s default) and/or fixed sample sizes")
+    p.add_argument("--sample-sizes", nargs="+", default=["default"],
+                   help="streamed runs: 'default' (ClusterSettings') and/or fixed sample sizes")
     p.add_argument("--refine-passes", type=int, nargs="+", default=[2],
                    help="streamed runs: Lloyd passes over every row after the fit on the sample")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="k-means seeds (one run each)")

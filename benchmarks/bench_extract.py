@@ -29,11 +29,13 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.sample_shards import make_collection  # noqa: E402  (shared synthetic collections)
+from support.settings import pop_settings  # noqa: E402
 
 from dcpipe.shards.manifest import has_manifest  # noqa: E402
 from dcpipe.shards.reader import list_shards  # noqa: E402
-from dcpipe.stages.extract.stage import extract  # noqa: E402
+from dcpipe.stages.extract import ExtractSettings, extract  # noqa: E402
 from dcpipe.stages.common.models import build_model  # noqa: E402
+from dcpipe.stages.common.modelspec import ModelSpec  # noqa: E402
 from dcpipe.stages.extract.reader import ShardBatches, ShardJob  # noqa: E402
 
 PER_SHARD = 1000
@@ -64,7 +66,7 @@ def timed(run) -> tuple[float, float]:
 
 
 def model_bound(args, size: int, n: int) -> int:
-    model = build_model("small", input_size=size, width=args.width, seed=0).eval()
+    model = build_model(ModelSpec("small", input_size=size, width=args.width), seed=0).eval()
     batch = torch.randn(args.batch_size, 3, size, size)
     with torch.inference_mode():
         for _ in range(math.ceil(n / args.batch_size)):
@@ -81,8 +83,9 @@ def data_path(args, shards, size: int) -> int:
 
 def extract_run(args, shards, size: int, store: Path) -> int:
     shutil.rmtree(store, ignore_errors=True)
-    result = extract(shards, store, arch="small", width=args.width, input_size=size, seed=0,
-                     batch_size=args.batch_size, workers=args.workers, progress=False)
+    result = extract(shards, store, ModelSpec(width=args.width, input_size=size),
+                     ExtractSettings(batch_size=args.batch_size, workers=args.workers),
+                     progress=False)
     return result["samples"]
 
 
@@ -106,7 +109,9 @@ def throughput(args, root: Path) -> list[dict]:
 def child_extract(options: dict) -> None:
     """Runs in the measured child: extract, then its own and its workers' peak RSS."""
     shards = list_shards(options.pop("shards_dir"))
-    result = extract(shards, options.pop("store"), **options)
+    store = options.pop("store")
+    result = extract(shards, store, pop_settings(ModelSpec, options),
+                     pop_settings(ExtractSettings, options), **options)
     result["main_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["worker_peak_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps(result))

@@ -31,9 +31,9 @@ from pathlib import Path
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "photos"
 FLOOR = Path(__file__).with_name("pillow_floor.py")
-RUN_SHARD = ("import json, sys; from dcpipe.stages.shard.stage import shard; "
-             "print(json.dumps(shard(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]), "
-             "shard_size=int(sys.argv[4]), progress=False)))")
+RUN_SHARD = ("import json, sys; from dcpipe.stages.shard import ShardSettings, shard; "
+             "settings = ShardSettings(workers=int(sys.argv[3]), shard_size=int(sys.argv[4])); "
+             "print(json.dumps(shard(sys.argv[1], sys.argv[2], settings, progress=False)))")
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

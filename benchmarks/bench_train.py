@@ -28,6 +28,8 @@ from dcpipe.shards.writer import ShardWriter
 from dcpipe.stages.common.images import open_rgb
 from dcpipe.stages.common.labels import write_labels
 from dcpipe.stages.common.models import build_model, train_transform
+from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.train import TrainSettings
 from dcpipe.stages.train.stage import StepPlan, train, train_step
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10" / "train"
@@ -66,7 +68,7 @@ def decoded(files) -> torch.Tensor:
 def memory_rate(images, labels, steps: StepPlan, args) -> float:
     """Images/s of the same training steps on pre-decoded tensors."""
     targets = torch.from_numpy(labels.astype(np.int64))
-    model = build_model("small", input_size=32, width=args.width, seed=0, num_classes=K).train()
+    model = build_model(ModelSpec("small", input_size=32, width=args.width), seed=0, num_classes=K).train()
     optimisers = (torch.optim.SGD(model.body_parameters(), lr=0.05, momentum=0.9,
                                   weight_decay=1e-5),
                   torch.optim.SGD(model.top.parameters(), lr=0.05, weight_decay=1e-5))
@@ -93,9 +95,10 @@ def main():
             images = decoded(files)
             plan = StepPlan.make([n], args.batch_size)  # the shards run draws ~n: close enough
             before = memory_rate(images, labels, plan, args)
-            record = train(shards, labels_dir, Path(tmp) / "round", width=args.width,
-                           batch_size=args.batch_size, workers=args.workers, progress=False,
-                           checkpoint_every=10**9)
+            record = train(shards, labels_dir, Path(tmp) / "round",
+                           ModelSpec(input_size=32, width=args.width),
+                           TrainSettings(batch_size=args.batch_size, workers=args.workers,
+                                         checkpoint_every=10**9), progress=False)
             after = memory_rate(images, labels, plan, args)
             t = record["timings"]
             rows.append((n, record["steps"], before, after, t["images_per_s"],

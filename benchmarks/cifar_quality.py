@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from dcpipe.shards.atomic import read_json
-from dcpipe.stages.evaluate.stage import evaluate
+from dcpipe.pipeline.workspace import Workspace
+from dcpipe.stages.evaluate import EvalSettings, evaluate
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10" / "train"
 DCPIPE = str(Path(sys.executable).parent / "dcpipe")
@@ -52,8 +53,8 @@ def dcpipe(ws: Path, *args) -> None:
 
 
 def measure(roots: dict, model_path, seed: int) -> dict:
-    result = evaluate(roots["probe"], roots["heldout"], model_path=model_path, seed=seed,
-                      protocols=("knn", "kmeans"))
+    result = evaluate(roots["probe"], roots["heldout"], settings=EvalSettings(protocols=("knn", "kmeans")),
+                      model_path=model_path, seed=seed)
     return {"knn_top1": result["knn"]["top1"], "heldout_nmi": result["kmeans"]["nmi"],
             "heldout_acc": result["kmeans"]["acc"]}
 
@@ -81,9 +82,9 @@ def main() -> None:
         started = time.perf_counter()
         dcpipe(ws, "run", "--rounds", str(r + 1))
         row = {"seconds": round(time.perf_counter() - started, 1)}
-        clusters = read_json(ws / "rounds" / f"{r:04d}" / "clusters.json")
-        row["own_nmi"] = clusters["nmi_true"]
-        row.update(measure(roots, ws / "rounds" / f"{r:04d}" / "model.pt", seed=0))
+        here = Workspace(ws).round(r)
+        row["own_nmi"] = read_json(here.clusters_record)["nmi_true"]
+        row.update(measure(roots, here.model, seed=0))
         results[str(r)] = row
         print(json.dumps({"round": r, **row}), flush=True)
         results_path.write_text(json.dumps(results, indent=1))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dcpipe.pipeline import config as configuration
 from dcpipe.pipeline.demo import DEMO_SETTINGS
+from dcpipe.pipeline.workspace import Workspace
 from dcpipe.shards.atomic import read_json
 
 DCPIPE = str(Path(sys.executable).parent / "dcpipe")
@@ -35,17 +36,17 @@ VARIANTS = [
 def run_variant(work: Path, number: int, overrides: dict, rounds: int) -> dict:
     ws = work / f"variant{number}"
     ws.mkdir(parents=True, exist_ok=True)
-    settings = configuration.merge(configuration.merge(configuration.defaults(), DEMO_SETTINGS, "demo"),
-                                   overrides, "variant")
+    settings = configuration.with_changes(
+        configuration.with_changes(configuration.Config(), DEMO_SETTINGS, "demo"), overrides, "variant")
     (ws / "dcpipe.toml").write_text(configuration.dumps(settings))
     started = time.perf_counter()
     subprocess.run([DCPIPE, "-q", "-w", str(ws), "demo", "--rounds", str(rounds)], check=True,
                    stdout=subprocess.DEVNULL)
     rows = []
     for r in range(rounds):
-        round_dir = ws / "rounds" / f"{r:04d}"
-        rows.append((read_json(round_dir / "clusters.json")["nmi_true"],
-                     read_json(round_dir / "train.json")["final_loss"]))
+        here = Workspace(ws).round(r)
+        rows.append((read_json(here.clusters_record)["nmi_true"],
+                     read_json(here.train_record)["final_loss"]))
     return {"rows": rows, "seconds": time.perf_counter() - started}
 
 

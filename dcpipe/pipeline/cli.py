@@ -1,7 +1,8 @@
 """The `dcpipe` command: parses flags, layers them over the workspace config, calls a stage.
 
-Exit codes: 0 done, 1 unexpected failure, 2 bad input (config, flags, sources, missing round),
-75 workspace busy (another dcpipe command holds its lock; cron: try again later).
+Exit codes: 0 done, 1 a bug (with its traceback), 2 something the user must act on (a
+DcpipeError: bad config, flags or sources, missing round, a store made otherwise, ...), 75
+workspace busy (another dcpipe command holds its lock; cron: try again later).
 """
 
 import json
@@ -10,13 +11,13 @@ from functools import wraps
 
 import click
 
+from dcpipe.errors import DcpipeError
 from dcpipe.pipeline import config as configuration
-from dcpipe.pipeline import rounds
-from dcpipe.pipeline import status
+from dcpipe.pipeline import rounds, status
 from dcpipe.pipeline.lock import EXIT_BUSY, WorkspaceBusy, workspace_lock
 from dcpipe.pipeline.workspace import Workspace, WorkspaceError
-
-USER_ERRORS = (configuration.ConfigError, WorkspaceError, ValueError, FileNotFoundError)
+from dcpipe.stages.common.distributed import is_rank_zero
+from dcpipe.stages.evaluate.settings import EvalSettings
 
 
 def fail(message: str, code: int = 2):
@@ -34,25 +35,25 @@ def handled(locked: bool):
         def wrapper(ctx, *args, **kwargs):
             ws = ctx.obj["ws"]
             try:
-                if locked and rounds.is_rank_zero():
+                if locked and is_rank_zero():
                     with workspace_lock(ws.lock_path):
                         return command(ctx, *args, **kwargs)
                 return command(ctx, *args, **kwargs)
             except WorkspaceBusy as exc:
                 fail(str(exc), EXIT_BUSY)
-            except USER_ERRORS as exc:
+            except DcpipeError as exc:
                 fail(str(exc))
         return click.pass_context(wrapper)
     return decorate
 
 
-def layered(ctx, section: str, **flags) -> dict:
+def layered(ctx, section: str, **flags) -> configuration.Config:
     return configuration.override(ctx.obj["ws"].config(), section, flags)
 
 
 def echo_json(obj) -> None:
     """Print a stage's result once: under torchrun every rank returns it, rank 0 prints it."""
-    if rounds.is_rank_zero():
+    if is_rank_zero():
         click.echo(json.dumps(obj, indent=1, default=str))
 
 
@@ -69,7 +70,7 @@ def main(ctx, workspace, quiet):
 @main.command()
 @click.pass_context
 def init(ctx):
-    """Write a dcpipe.toml with every default into the workspace."""
+    """Write a dcpipe.toml with every default, commented, into the workspace."""
     ws = ctx.obj["ws"]
     written = ws.init_config()
     click.echo(f"{'wrote' if written else 'kept existing'} {ws.config_path}")
@@ -96,14 +97,14 @@ def shard(ctx, src, fmt, url_col, key_col, meta_cols, node_rank, num_nodes, **fl
     from dcpipe.stages.shard.stage import resolve_nodes, shard as run_shard
 
     ws = ctx.obj["ws"]
-    s = layered(ctx, "shard", **flags)["shard"]
+    settings = layered(ctx, "shard", **flags).shard
     rank, world = resolve_nodes(node_rank, num_nodes)
     # Nodes sharing a workspace write disjoint shards: each holds a lock of its own.
     lock = ws.lock_path if world == 1 else ws.root / f".lock.node{rank}"
     with workspace_lock(lock):
-        stats = run_shard(src, ws.shards_dir, format=fmt, url_col=url_col, key_col=key_col,
-                          meta_cols=meta_cols.split(",") if meta_cols else None,
-                          node_rank=rank, num_nodes=world, progress=ctx.obj["progress"], **s)
+        stats = run_shard(src, ws.shards_dir, settings, format=fmt, url_col=url_col,
+                          key_col=key_col, meta_cols=meta_cols.split(",") if meta_cols else None,
+                          node_rank=rank, num_nodes=world, progress=ctx.obj["progress"])
     echo_json(stats)
 
 
@@ -190,13 +191,12 @@ def show_status(ctx, as_json):
 def demo(ctx, n_rounds):
     """The whole pipeline on scikit-learn's digits: data, shards, N rounds, status."""
     from dcpipe.pipeline.demo import prepare_demo
+    from dcpipe.stages.shard import shard as run_shard
 
     ws = ctx.obj["ws"]
     src = prepare_demo(ws)
-    from dcpipe.stages.shard.stage import shard as run_shard
-
     config = ws.config()
-    run_shard(str(src), ws.shards_dir, progress=ctx.obj["progress"], **config["shard"])
+    run_shard(str(src), ws.shards_dir, config.shard, progress=ctx.obj["progress"])
     rounds.run(ws, n_rounds, config, ctx.obj["progress"], click.echo)
     click.echo(status.format_text(status.collect(ws)))
 
@@ -205,54 +205,53 @@ def _round_model(ws: Workspace, r: int | None):
     """Round r's trained model, or None (the random init) when no round is given."""
     if r is None:
         return None
-    path = ws.round_dir(r) / "model.pt"
-    if not path.exists():
+    path = ws.round(r).model
+    if not ws.step_done(r, "train"):
         raise WorkspaceError(f"round {r} has no trained model ({path}): run `dcpipe train --round {r}`")
     return path
-
-
-def _eval_model_args(config: dict) -> dict:
-    return {**rounds.model_args(config), "seed": config["seed"]}
 
 
 @main.command("eval")
 @click.option("--round", "r", type=int, help="Round whose model is evaluated (default: random init).")
 @click.option("--train", "train_src", required=True, help="Labelled images the probes are fitted on.")
 @click.option("--test", "test_src", required=True, help="Held-out labelled images.")
-@click.option("--protocols", default="linear,knn,kmeans", show_default=True,
+@click.option("--protocols", default=",".join(EvalSettings.protocols), show_default=True,
               help="Comma list of linear, knn, kmeans, retrieval.")
 @click.option("--compare-random", is_flag=True, help="Also evaluate the random init, side by side.")
-@click.option("--knn-k", type=int, default=20, show_default=True)
-@click.option("--layers", default="all", show_default=True, help="Linear-probe layers, e.g. conv3,penultimate.")
-@click.option("--probe-dims", type=int, help="Pooled dims of each conv layer's linear probe.")
-@click.option("--kmeans-pca", type=int, help="PCA-whiten to this many dims before the k-means.")
-@click.option("--max-train", type=int, default=50_000, show_default=True)
-@click.option("--max-test", type=int, default=10_000, show_default=True)
-@click.option("--sample-seed", type=int, default=0, show_default=True, help="Seeds subsets and k-means.")
+@click.option("--knn-k", type=int, default=EvalSettings.knn_k, show_default=True)
+@click.option("--layers", default=EvalSettings.layers, show_default=True,
+              help="Linear-probe layers, e.g. conv3,penultimate.")
+@click.option("--probe-dims", type=int, default=EvalSettings.probe_dims, show_default=True,
+              help="Pooled dims of each conv layer's linear probe (0: the architecture's budget).")
+@click.option("--kmeans-pca", type=int, default=EvalSettings.kmeans_pca, show_default=True,
+              help="PCA-whiten to this many dims before the k-means (0: plain features).")
+@click.option("--max-train", type=int, default=EvalSettings.max_train, show_default=True)
+@click.option("--max-test", type=int, default=EvalSettings.max_test, show_default=True)
+@click.option("--sample-seed", type=int, default=EvalSettings.sample_seed, show_default=True,
+              help="Seeds subsets and k-means.")
 @click.option("--queries", help="Retrieval queries (labelled by instance).")
 @click.option("--database", help="Retrieval database (labelled by instance).")
 @handled(locked=False)
-def evaluate_command(ctx, r, train_src, test_src, protocols, compare_random, queries, database,
-                     **options):
+def evaluate_command(ctx, r, train_src, test_src, compare_random, queries, database, **options):
     """Evaluate a round's features with labels (linear probes, k-NN, k-means, retrieval)."""
     from dcpipe.shards.atomic import atomic_write_json
+    from dcpipe.stages.evaluate import stage
     from dcpipe.stages.evaluate.table import format_comparison, format_table
-    from dcpipe.stages.evaluate.stage import compare_random as evaluate_both, evaluate
 
     ws = ctx.obj["ws"]
     config = ws.config()
-    options.update(protocols=tuple(p for p in protocols.split(",") if p), query_src=queries,
-                   database_src=database, workers=config["extract"]["workers"])
+    settings = EvalSettings(**options, workers=config.extract.workers)
+    sets = {"query_src": queries, "database_src": database}
     if compare_random and r is not None:
-        saved = evaluate_both(train_src, test_src, model_path=_round_model(ws, r),
-                              seed=config["seed"], **options)
+        saved = stage.compare_random(train_src, test_src, settings, model_path=_round_model(ws, r),
+                                     seed=config.seed, **sets)
         click.echo(format_comparison(*saved.values()))
     else:
-        saved = evaluate(train_src, test_src, model_path=_round_model(ws, r),
-                         **_eval_model_args(config), **options)
+        saved = stage.evaluate(train_src, test_src, config.model, settings,
+                               model_path=_round_model(ws, r), seed=config.seed, **sets)
         click.echo(format_table(saved))
     if r is not None:
-        atomic_write_json(ws.round_dir(r) / "eval.json", saved)
+        atomic_write_json(ws.round(r).eval_record, saved)
 
 
 @main.command("embed")
@@ -266,8 +265,8 @@ def embed_command(ctx, src, r, output):
 
     ws = ctx.obj["ws"]
     config = ws.config()
-    echo_json(embed(src, output, model_path=_round_model(ws, r),
-                    workers=config["extract"]["workers"], **_eval_model_args(config)))
+    echo_json(embed(src, output, config.model, model_path=_round_model(ws, r), seed=config.seed,
+                    workers=config.extract.workers))
 
 
 @main.command("report")
@@ -280,5 +279,5 @@ def report_command(ctx, output, round_list):
 
     ws = ctx.obj["ws"]
     chosen = [int(x) for x in round_list.split(",")] if round_list else None
-    path = report(ws.root, output or ws.root / "report", rounds=chosen, random_seed=ws.config()["seed"])
+    path = report(ws, output or ws.report_dir, rounds=chosen, random_seed=ws.config().seed)
     click.echo(f"wrote {path}")

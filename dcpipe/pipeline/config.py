@@ -1,22 +1,53 @@
-"""The workspace configuration: defaults < dcpipe.toml < command-line flags.
+"""The workspace configuration: defaults < dcpipe.toml < command-line flags, as typed settings.
 
-Every key has a default in defaults.toml, so a typo in a user's file is an error rather than
-a silently ignored setting.
+The settings dataclasses of the stages (and ModelSpec) are the only place defaults live;
+defaults.toml is their commented copy that `dcpipe init` writes (a test keeps the two equal).
+Every key has a default, so a typo in a user's file is an error rather than a silently ignored
+setting; a value of the wrong type or out of range is an error naming the file and the key.
 """
 
 import tomllib
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
 import tomli_w
 
+from dcpipe.errors import DcpipeError, SettingsError
+from dcpipe.stages.cluster.settings import ClusterSettings
+from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.extract.settings import ExtractSettings
+from dcpipe.stages.shard.settings import ShardSettings
+from dcpipe.stages.train.settings import TrainSettings
 
-class ConfigError(Exception):
+
+class ConfigError(DcpipeError):
     """A config file or override that cannot be used; the message says what and where."""
 
 
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0  # base seed: every round's random streams derive from it (common/seeds.py)
+    shard: ShardSettings = field(default_factory=ShardSettings)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    extract: ExtractSettings = field(default_factory=ExtractSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+SECTIONS = {f.name: f.default_factory for f in fields(Config) if f.name != "seed"}
+
+
 def defaults() -> dict:
-    return tomllib.loads(resources.files(__package__).joinpath("defaults.toml").read_text())
+    return Config().as_dict()
+
+
+def template() -> str:
+    """defaults.toml: every default with a comment on what it means (what `dcpipe init` writes)."""
+    return resources.files(__package__).joinpath("defaults.toml").read_text()
 
 
 def merge(base: dict, override: dict, where: str) -> dict:
@@ -43,25 +74,40 @@ def _coerce(default, value, where: str):
     return value
 
 
-def load(path: Path) -> dict:
+def build(values: dict, where: str) -> Config:
+    """Typed settings from a complete dict (defaults merged in); range errors name `where`."""
+    try:
+        return Config(seed=values["seed"],
+                      **{name: cls(**values[name]) for name, cls in SECTIONS.items()})
+    except SettingsError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load(path: Path) -> Config:
     """Defaults merged with the TOML file at `path` (if it exists)."""
-    config = defaults()
+    values = defaults()
     if path.exists():
         try:
             user = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        config = merge(config, user, str(path))
-    return config
+        values = merge(values, user, str(path))
+    return build(values, str(path))
 
 
-def override(config: dict, section: str, values: dict) -> dict:
-    """`values` (flag name -> value, None = flag not given) layered over `config[section]`."""
+def override(config: Config, section: str, values: dict) -> Config:
+    """`values` (flag name -> value, None = flag not given) layered over `config.<section>`."""
     given = {k: v for k, v in values.items() if v is not None}
-    if section == "":
-        return merge(config, given, "command line")
-    return merge(config, {section: given}, "command line")
+    if not given:
+        return config
+    merged = merge(config.as_dict(), given if section == "" else {section: given}, "command line")
+    return build(merged, "command line")
 
 
-def dumps(config: dict) -> str:
-    return tomli_w.dumps(config)
+def with_changes(config: Config, changes: dict, where: str) -> Config:
+    """`config` with a nested dict of changes ({"train": {"lr": 0.1}}), checked like a file."""
+    return build(merge(config.as_dict(), changes, where), where)
+
+
+def dumps(config: Config) -> str:
+    return tomli_w.dumps(config.as_dict())

@@ -6,11 +6,9 @@ README ("dcpipe status --json") and only ever extended, never renamed.
 
 from collections import Counter
 
+from dcpipe.pipeline.workspace import STEPS, RoundDir, Workspace
 from dcpipe.shards.atomic import read_json
 from dcpipe.shards.manifest import load_manifest
-
-from dcpipe.pipeline.rounds import STEPS
-from dcpipe.pipeline.workspace import Workspace
 
 CLUSTER_KEYS = ("k", "method", "seed", "n_samples", "nmi_prev", "nmi_true", "ari_true", "acc_true",
                 "sizes", "empty_before_fix", "seconds")
@@ -40,19 +38,18 @@ def _train_summary(record: dict | None) -> dict | None:
             "seconds": timings.get("train_s_all_runs")}
 
 
-def _round_summary(ws: Workspace, r: int) -> dict:
-    d = ws.round_dir(r)
-    return {"round": r,
-            "steps": {step: ws.step_done(r, step) for step in STEPS},
-            "shards": len(read_json(d / "shards.json", [])),
-            "cluster": _pick(read_json(d / "clusters.json"), CLUSTER_KEYS),
-            "train": _train_summary(read_json(d / "train.json"))}
+def _round_summary(d: RoundDir) -> dict:
+    return {"round": d.index,
+            "steps": {step: d.done(step) for step in STEPS},
+            "shards": len(read_json(d.shard_list, [])),
+            "cluster": _pick(read_json(d.clusters_record), CLUSTER_KEYS),
+            "train": _train_summary(read_json(d.train_record))}
 
 
 def collect(ws: Workspace) -> dict:
     return {"workspace": str(ws.root), "config": str(ws.config_path) if ws.config_path.exists() else None,
             "collection": _shards_summary(ws),
-            "rounds": [_round_summary(ws, r) for r in ws.rounds()]}
+            "rounds": [_round_summary(d) for d in ws.rounds()]}
 
 
 def _fmt(value) -> str:

@@ -1,24 +1,78 @@
 """One directory, one collection and its rounds: where everything lives and what is done.
 
-Whether a step of a round is done is read from the files themselves (each stage's completion
-marker), never from a separate state file that could disagree with them.
+This module owns the workspace's names; each stage owns the names of what it writes into a
+round directory (its `outputs` module) and says whether that is complete. Whether a step of a
+round is done is read from those files themselves, never from a separate state file that could
+disagree with them.
 """
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcpipe.errors import DcpipeError
+from dcpipe.pipeline import config as configuration
 from dcpipe.shards.atomic import atomic_write_json, read_json
 from dcpipe.shards.reader import ShardInfo, list_shards
-
-from dcpipe.pipeline import config as configuration
+from dcpipe.stages.cluster import outputs as cluster_outputs
+from dcpipe.stages.evaluate import outputs as eval_outputs
+from dcpipe.stages.extract import outputs as extract_outputs
+from dcpipe.stages.train import outputs as train_outputs
 
 CONFIG_NAME = "dcpipe.toml"
 ROUND_DIGITS = 4
+STEP_OUTPUTS = {"extract": extract_outputs, "cluster": cluster_outputs, "train": train_outputs}
+STEPS = tuple(STEP_OUTPUTS)
 
 
-class WorkspaceError(Exception):
+class WorkspaceError(DcpipeError):
     """A workspace that cannot be used as asked (missing round, no shards, ...)."""
+
+
+@dataclass(frozen=True)
+class RoundDir:
+    """rounds/RRRR: round `index`'s files, by what they are."""
+    path: Path
+    index: int
+
+    @property
+    def config_record(self) -> Path:
+        return self.path / "config.json"  # the config each step ran with
+
+    @property
+    def shard_list(self) -> Path:
+        return self.path / "shards.json"  # the shards the round uses, fixed when it starts
+
+    @property
+    def features(self) -> Path:
+        return self.path / extract_outputs.FEATURES
+
+    @property
+    def labels(self) -> Path:
+        return self.path / cluster_outputs.LABELS
+
+    @property
+    def clusters_record(self) -> Path:
+        return self.path / cluster_outputs.RECORD
+
+    @property
+    def model(self) -> Path:
+        return self.path / train_outputs.MODEL
+
+    @property
+    def body_optimiser(self) -> Path:
+        return self.path / train_outputs.BODY_OPTIMISER
+
+    @property
+    def train_record(self) -> Path:
+        return self.path / train_outputs.RECORD
+
+    @property
+    def eval_record(self) -> Path:
+        return self.path / eval_outputs.RECORD
+
+    def done(self, step: str) -> bool:
+        return STEP_OUTPUTS[step].is_complete(self.path)
 
 
 @dataclass(frozen=True)
@@ -41,29 +95,39 @@ class Workspace:
     def lock_path(self) -> Path:
         return self.root / ".lock"
 
-    def round_dir(self, r: int) -> Path:
-        return self.root / "rounds" / f"{r:0{ROUND_DIGITS}d}"
+    @property
+    def rounds_dir(self) -> Path:
+        return self.root / "rounds"
 
-    def config(self) -> dict:
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def round(self, r: int) -> RoundDir:
+        return RoundDir(self.rounds_dir / f"{r:0{ROUND_DIGITS}d}", r)
+
+    def config(self) -> configuration.Config:
         return configuration.load(self.config_path)
 
     def init_config(self) -> bool:
-        """Write the default dcpipe.toml if there is none; True if written."""
+        """Write the commented default dcpipe.toml if there is none; True if written."""
         if self.config_path.exists():
             return False
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(configuration.dumps(configuration.defaults()))
+        self.config_path.write_text(configuration.template())
         return True
 
-    def rounds(self) -> list[int]:
-        rounds_dir = self.root / "rounds"
-        if not rounds_dir.is_dir():
+    def rounds(self) -> list[RoundDir]:
+        """The rounds that have a directory, in order."""
+        if not self.rounds_dir.is_dir():
             return []
-        return sorted(int(p.name) for p in rounds_dir.iterdir() if p.name.isdigit())
+        found = sorted(int(p.name) for p in self.rounds_dir.iterdir()
+                       if p.name.isdigit() and len(p.name) == ROUND_DIGITS)
+        return [self.round(r) for r in found]
 
     def round_shards(self, r: int) -> list[ShardInfo]:
         """The shards round r uses: fixed when the round starts, so later shards join round r+1."""
-        path = self.round_dir(r) / "shards.json"
+        path = self.round(r).shard_list
         names = read_json(path)
         available = {s.name: s for s in list_shards(self.shards_dir)}
         if names is None:
@@ -77,12 +141,4 @@ class Workspace:
         return [available[n] for n in names]
 
     def step_done(self, r: int, step: str) -> bool:
-        d = self.round_dir(r)
-        if step == "extract":
-            return (read_json(d / "features.zarr" / "zarr.json", {}).get("attributes", {})
-                    .get("complete", False))
-        if step == "cluster":
-            return (d / "labels" / "index.json").exists() and (d / "clusters.json").exists()
-        if step == "train":
-            return (d / "train.json").exists()
-        raise ValueError(step)
+        return self.round(r).done(step)

@@ -1,17 +1,14 @@
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
+import click
+from click.testing import CliRunner
+
+from dcpipe.pipeline.cli import handled
+from dcpipe.pipeline.workspace import Workspace, WorkspaceError
+from support.cli import dcpipe
 from support.tiny_shards import add_shard
-
-DCPIPE = str(Path(sys.executable).parent / "dcpipe")
-
-
-def dcpipe(ws, *args, env=None, timeout=120):
-    return subprocess.run([DCPIPE, "-w", str(ws), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 def test_status_json_has_the_documented_keys(tmp_path):
@@ -54,3 +51,30 @@ def test_busy_workspace_exits_75(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_store_made_with_another_model_exits_2_and_says_what_to_do(tmp_path):
+    add_shard(tmp_path / "shards", 0, n=4)
+    (tmp_path / "dcpipe.toml").write_text("[model]\nwidth = 4\n[extract]\nworkers = 0\n")
+    assert dcpipe(tmp_path, "extract", "--round", "0").returncode == 0
+    (tmp_path / "dcpipe.toml").write_text("[model]\nwidth = 8\n[extract]\nworkers = 0\n")
+    out = dcpipe(tmp_path, "extract", "--round", "0")
+    assert out.returncode == 2 and "delete it to extract again" in out.stderr
+
+
+def test_a_bug_exits_1_with_its_traceback_not_as_bad_input(tmp_path):
+    @click.command()
+    @handled(locked=False)
+    def broken(ctx):
+        raise ValueError("an internal invariant broke")
+
+    result = CliRunner().invoke(broken, obj={"ws": Workspace(tmp_path)})
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)
+
+    @click.command()
+    @handled(locked=False)
+    def refused(ctx):
+        raise WorkspaceError("round 3 has no labels")
+
+    result = CliRunner().invoke(refused, obj={"ws": Workspace(tmp_path)})
+    assert result.exit_code == 2 and "round 3 has no labels" in result.output

@@ -13,15 +13,15 @@ def test_file_overrides_defaults_and_flags_override_file(tmp_path):
     path = tmp_path / "dcpipe.toml"
     path.write_text("seed = 3\n[cluster]\nk = 7\n")
     c = config.load(path)
-    assert (c["seed"], c["cluster"]["k"], c["cluster"]["pca_dim"]) == (3, 7, 256)
+    assert (c.seed, c.cluster.k, c.cluster.pca_dim) == (3, 7, 256)
     c = config.override(c, "cluster", {"k": 9, "pca_dim": None})
-    assert (c["cluster"]["k"], c["cluster"]["pca_dim"]) == (9, 256)
+    assert (c.cluster.k, c.cluster.pca_dim) == (9, 256)
 
 
 def test_int_accepted_where_float_expected(tmp_path):
     path = tmp_path / "dcpipe.toml"
     path.write_text("[train]\nlr = 1\n")
-    assert config.load(path)["train"]["lr"] == 1.0
+    assert config.load(path).train.lr == 1.0
 
 
 @pytest.mark.parametrize("text, message", [
@@ -30,6 +30,8 @@ def test_int_accepted_where_float_expected(tmp_path):
     ("[model]\nsobel = 1\n", "sobel must be true or false"),
     ("cluster = 3\n", "[cluster] must be a table"),
     ("[cluster\n", "not valid TOML"),
+    ("[cluster]\nk = 0\n", "dcpipe.toml: k, niter and pca_dim must be positive"),
+    ("[model]\narch = 'resnet'\n", "unknown architecture 'resnet'"),
 ])
 def test_bad_config_names_the_problem(tmp_path, text, message):
     path = tmp_path / "dcpipe.toml"
@@ -40,5 +42,12 @@ def test_bad_config_names_the_problem(tmp_path, text, message):
 
 def test_dumped_config_loads_back(tmp_path):
     path = tmp_path / "dcpipe.toml"
-    path.write_text(config.dumps(config.defaults()))
-    assert config.load(path) == config.defaults()
+    changed = config.with_changes(config.Config(), {"train": {"lr": 0.2}}, "test")
+    path.write_text(config.dumps(changed))
+    assert config.load(path) == changed
+
+
+def test_the_commented_template_is_the_defaults(tmp_path):
+    path = tmp_path / "dcpipe.toml"
+    path.write_text(config.template())
+    assert config.load(path) == config.Config()

@@ -2,7 +2,7 @@
 
 import json
 
-from test_cli import dcpipe
+from support.cli import dcpipe
 
 
 def test_demo_rounds_bring_the_clusters_closer_to_the_digit_labels(tmp_path):

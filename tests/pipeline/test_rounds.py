@@ -5,7 +5,7 @@ import subprocess
 import time
 
 from support.sample_shards import make_collection
-from test_cli import DCPIPE, dcpipe
+from support.cli import DCPIPE, dcpipe
 
 from dcpipe.shards.manifest import MANIFEST, add_entry, load_manifest
 

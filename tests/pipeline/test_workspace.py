@@ -10,7 +10,7 @@ def test_workspace_comes_from_flag_or_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DCPIPE_WORKSPACE", str(tmp_path / "env"))
     assert Workspace.at().root == tmp_path / "env"
     assert Workspace.at(tmp_path / "flag").root == tmp_path / "flag"
-    assert Workspace.at().round_dir(7).name == "0007"
+    assert Workspace.at().round(7).path.name == "0007"
 
 
 def test_round_shards_are_fixed_when_the_round_starts(tmp_path):
@@ -20,7 +20,7 @@ def test_round_shards_are_fixed_when_the_round_starts(tmp_path):
     add_shard(ws.shards_dir, 1)  # arrives later: joins the next round, not this one
     assert [s.name for s in ws.round_shards(0)] == ["000000"]
     assert [s.name for s in ws.round_shards(1)] == ["000000", "000001"]
-    assert json.loads((ws.round_dir(0) / "shards.json").read_text()) == ["000000"]
+    assert json.loads(ws.round(0).shard_list.read_text()) == ["000000"]
 
 
 def test_round_without_shards_is_a_clear_error(tmp_path):
@@ -33,4 +33,4 @@ def test_init_config_keeps_an_existing_file(tmp_path):
     assert ws.init_config() is True
     ws.config_path.write_text("seed = 5\n")
     assert ws.init_config() is False
-    assert ws.config()["seed"] == 5
+    assert ws.config().seed == 5

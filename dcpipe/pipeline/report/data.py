@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dcpipe.pipeline.workspace import RoundDir, Workspace
 from dcpipe.shards.reader import iter_shard, list_shards
 
 from dcpipe.stages.common.activations import conv_blocks
@@ -28,20 +29,22 @@ THUMB_PX = 64
 
 @dataclass
 class RoundRecord:
-    round: int
-    path: Path
+    dir: RoundDir
     clusters: dict | None = None
     train: dict | None = None
     eval: dict | None = None
 
     @property
+    def round(self) -> int:
+        return self.dir.index
+
+    @property
     def has_labels(self) -> bool:
-        return (self.path / "labels" / "index.json").exists()
+        return self.dir.done("cluster")
 
     @property
     def model_path(self) -> Path | None:
-        path = self.path / "model.pt"
-        return path if self.train is not None and path.exists() else None
+        return self.dir.model if self.dir.done("train") else None
 
 
 def _read_json(path: Path):
@@ -51,20 +54,11 @@ def _read_json(path: Path):
         return None
 
 
-def read_rounds(workspace: Path, rounds=None) -> list[RoundRecord]:
+def read_rounds(ws: Workspace, rounds=None) -> list[RoundRecord]:
     """The workspace's rounds (all, or those listed) with whatever records they have."""
-    rounds_dir = Path(workspace) / "rounds"
-    found = sorted(int(p.name) for p in rounds_dir.iterdir() if p.name.isdigit()) \
-        if rounds_dir.is_dir() else []
-    if rounds is not None:
-        found = [r for r in found if r in set(rounds)]
-    records = []
-    for r in found:
-        path = rounds_dir / f"{r:04d}"
-        records.append(RoundRecord(r, path, _read_json(path / "clusters.json"),
-                                   _read_json(path / "train.json"),
-                                   _read_json(path / "eval.json")))
-    return records
+    return [RoundRecord(d, _read_json(d.clusters_record), _read_json(d.train_record),
+                        _read_json(d.eval_record))
+            for d in ws.rounds() if rounds is None or d.index in set(rounds)]
 
 
 def cluster_sizes(labels_dir: Path) -> np.ndarray:

@@ -18,7 +18,9 @@ from dcpipe.shards.atomic import atomic_write_bytes
 
 from dcpipe.pipeline.report import plots as plots
 from dcpipe.stages.evaluate.table import model_label, result_rows
-from dcpipe.stages.common.models import build_model, load_model
+from dcpipe.pipeline.workspace import Workspace
+from dcpipe.stages.common.models import load_model, random_init
+from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.pipeline.report.data import (cluster_examples, cluster_sizes, first_layer_filters,
                          nearest_neighbours, read_rounds)
 
@@ -49,15 +51,15 @@ class Options:
     workers: int = 0
 
 
-def report(workspace_dir, out_dir, *, rounds=None, **options) -> Path:
+def report(ws: Workspace, out_dir, *, rounds=None, **options) -> Path:
     """Writes out_dir/index.html and its PNGs; returns the HTML path. `options`: see Options."""
-    workspace, out_dir = Path(workspace_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     opts = Options(**options)
-    records = read_rounds(workspace, rounds)
+    records = read_rounds(ws, rounds)
     models = compared_models(records, opts.random_seed)
     sections = [summary_section(records), nmi_section(records), loss_section(records),
-                sizes_section(records), examples_section(workspace, records, opts),
-                neighbours_section(workspace, models, opts), filters_section(models),
+                sizes_section(records), examples_section(ws, records, opts),
+                neighbours_section(ws, models, opts), filters_section(models),
                 eval_section(records)]
     written = []
     for section in sections:
@@ -65,7 +67,7 @@ def report(workspace_dir, out_dir, *, rounds=None, **options) -> Path:
             written.append(out_dir / name)
             atomic_write_bytes(written[-1], png)
     page = out_dir / "index.html"
-    atomic_write_bytes(page, render_page(workspace, records, sections).encode())
+    atomic_write_bytes(page, render_page(ws, records, sections).encode())
     for path in [*written, page]:
         path.chmod(0o644)  # temp files are private; a report is meant to be shared or served
     return page
@@ -139,19 +141,19 @@ def sizes_section(records) -> Section:
     labelled = _labelled(records)
     if not labelled:
         return Section("Cluster sizes", note="No round has labels yet.")
-    shown = {r.round: cluster_sizes(r.path / "labels") for r in (labelled[0], labelled[-1])}
+    shown = {r.round: cluster_sizes(r.dir.labels) for r in (labelled[0], labelled[-1])}
     png = plots.sizes_plot(shown)
     return Section("Cluster sizes", figures=[("cluster_sizes.png", png,
                    "Images per cluster, clusters sorted by size (log scale)")])
 
 
-def examples_section(workspace: Path, records, opts: Options) -> Section:
+def examples_section(ws: Workspace, records, opts: Options) -> Section:
     labelled = _labelled(records)
     if not labelled:
         return Section("Clusters", note="No round has labels yet.")
     last = labelled[-1]
-    labels_dir = last.path / "labels"
-    found = cluster_examples(workspace / "shards", labels_dir, cluster_sizes(labels_dir),
+    labels_dir = last.dir.labels
+    found = cluster_examples(ws.shards_dir, labels_dir, cluster_sizes(labels_dir),
                              clusters=opts.clusters_shown, per_cluster=opts.images_per_cluster,
                              seed=opts.seed, max_shards=opts.max_shards)
     rows = [(f"cluster {c.cluster}\n({c.size} images)",
@@ -170,15 +172,14 @@ def compared_models(records, random_seed: int) -> dict:
     if not trained:
         return {}
     model, meta = load_model(trained[-1].model_path)
-    random = build_model(meta["arch"], sobel=meta["sobel"], input_size=meta["input_size"],
-                         width=meta.get("width"), seed=random_seed).eval()
+    random = random_init(ModelSpec.from_meta(meta), random_seed).eval()
     return {f"random init (seed {random_seed})": random, f"round {trained[-1].round}": model}
 
 
-def neighbours_section(workspace: Path, models: dict, opts: Options) -> Section:
+def neighbours_section(ws: Workspace, models: dict, opts: Options) -> Section:
     if not models:
         return Section("Nearest neighbours", note="No trained model yet.")
-    found = nearest_neighbours(workspace / "shards", models, pool=opts.nn_pool,
+    found = nearest_neighbours(ws.shards_dir, models, pool=opts.nn_pool,
                                queries=opts.nn_queries, k=opts.nn_k, seed=opts.seed,
                                workers=opts.workers, max_shards=opts.max_shards)
     caption = lambda i: found.captions[i]
@@ -250,11 +251,11 @@ def _section_html(section: Section) -> str:
     return "\n".join(parts + figures)
 
 
-def render_page(workspace: Path, records, sections) -> str:
-    title = f"dcpipe report: {workspace.name}"
+def render_page(ws: Workspace, records, sections) -> str:
+    title = f"dcpipe report: {ws.root.name}"
     made = time.strftime("%Y-%m-%d %H:%M:%S")
     body = "\n".join(_section_html(s) for s in sections)
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
             f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>{html.escape(str(workspace))}: {len(records)} rounds; made {made}.</p>"
+            f"<p>{html.escape(str(ws.root))}: {len(records)} rounds; made {made}.</p>"
             f"{body}</body></html>\n")

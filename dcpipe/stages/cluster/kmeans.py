@@ -12,20 +12,22 @@ import faiss
 import numpy as np
 import scipy.sparse
 
+from dcpipe.errors import SettingsError
+
 log = logging.getLogger(__name__)
 
 # Perturbation of a copied centroid, relative to its norm (faiss's own split uses 1/1024).
 SPLIT_EPS = 1e-3
 
 
-def gpu_count(use_gpu) -> int:
-    """How many GPUs to use: 'auto' -> all visible, False -> none, True -> all (warn if none)."""
-    if use_gpu not in ("auto", True, False):
-        raise ValueError(f"use_gpu must be 'auto', True or False, got {use_gpu!r}")
+def gpu_count(use_gpu: str) -> int:
+    """How many GPUs to use: 'auto' -> all visible, 'no' -> none, 'yes' -> all (warn if none)."""
+    if use_gpu not in ("auto", "yes", "no"):
+        raise SettingsError(f"use_gpu must be 'auto', 'yes' or 'no', got {use_gpu!r}")
     available = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if use_gpu is True and available == 0:
-        log.warning("use_gpu=True but faiss sees no GPU: running on CPU")
-    return available if use_gpu else 0
+    if use_gpu == "yes" and available == 0:
+        log.warning("use_gpu = yes but faiss sees no GPU: running on CPU")
+    return 0 if use_gpu == "no" else available
 
 
 def flat_index(centroids_or_dim, ngpu: int):
@@ -123,7 +125,7 @@ def fill_empty_clusters(labels: np.ndarray, centroids: np.ndarray, seed: int, st
     clusters take more passes (the number of splittable clusters at least doubles per pass).
     """
     k = len(centroids)
-    rng = np.random.default_rng([seed, 2])
+    rng = np.random.default_rng(seed)
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     fix = EmptyFix(empty_before=int((sizes == 0).sum()))
     while (sizes == 0).any():
@@ -131,7 +133,7 @@ def fill_empty_clusters(labels: np.ndarray, centroids: np.ndarray, seed: int, st
         spare = np.maximum(sizes - 1, 0)
         n_pairs = min(len(empty), int((spare > 0).sum()))
         if n_pairs == 0:
-            raise ValueError(f"{len(empty)} empty clusters but no cluster with two points (k > N)")
+            raise SettingsError(f"{len(empty)} empty clusters but no cluster with two points (k > N)")
         sources = rng.choice(k, size=n_pairs, replace=False, p=spare / spare.sum())
         targets = empty[:n_pairs]
         deltas = _perturb(centroids, sources, targets, rng)

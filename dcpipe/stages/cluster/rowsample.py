@@ -11,12 +11,12 @@ import numpy as np
 
 
 class RowSample:
-    """`size` valid rows (all of them if fewer); `stream` tells independent samples of one seed apart."""
+    """`size` valid rows (all of them if fewer), drawn by `seed` (one of common.seeds' streams)."""
 
-    def __init__(self, valid: np.ndarray, chunk_rows: int, size: int, seed: int, stream: int = 0):
+    def __init__(self, valid: np.ndarray, chunk_rows: int, size: int, seed: int):
         self.valid = valid
         self.chunk_rows = chunk_rows
-        self.seed = (seed, stream)
+        self.seed = seed
         starts = np.arange(0, len(valid), chunk_rows)
         self.valid_counts = (np.add.reduceat(valid.astype(np.int64), starts) if len(valid)
                              else np.zeros(0, np.int64))
@@ -24,7 +24,7 @@ class RowSample:
         if self.everything:
             self.counts = self.valid_counts
         else:
-            rng = np.random.default_rng([seed, stream, 0])
+            rng = np.random.default_rng([seed, 0])
             self.counts = rng.multivariate_hypergeometric(self.valid_counts, size)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
         self.size = int(self.offsets[-1])
@@ -33,7 +33,7 @@ class RowSample:
         first = c * self.chunk_rows
         local = np.flatnonzero(self.valid[first:first + self.chunk_rows])
         if len(local) > self.counts[c]:
-            rng = np.random.default_rng([*self.seed, 1, c])
+            rng = np.random.default_rng([self.seed, 1, c])
             pick = rng.choice(len(local), self.counts[c], replace=False)
             local = local[np.sort(pick)]
         return first + local

@@ -1,9 +1,10 @@
 """The cluster stage: feature store -> PCA-whitened k-means (or PIC) -> label shard index.
 
-    cluster(store, out_dir, k=..., seed=...) writes into out_dir (a round directory):
+    cluster(store, out_dir, ClusterSettings(...), seed=..., round_index=...) writes into out_dir
+    (a round directory):
       pca.npz        mean, matrix (d x D: eigenvectors scaled by eigenvalue^-0.5), eigenvalues
       centroids.npy  (k, d) float32, after the empty-cluster fix
-      labels/        the label shard index (stages/labels.py), renamed into place complete
+      labels/        the label shard index (common/labels.py), renamed into place complete
       clusters.json  the record (keys in docs/cluster.md), written last: the stage's commit
 
 Memory: a bounded sample (sample_size x d float32) for PCA and k-means, k x d centroids, one
@@ -22,51 +23,31 @@ import numpy as np
 
 from dcpipe.shards.atomic import atomic_write_json
 
+from dcpipe.errors import SettingsError
 from dcpipe.stages.cluster import kmeans
-
+from dcpipe.stages.cluster import outputs
 from dcpipe.stages.cluster import passes as storepasses
-from dcpipe.stages.cluster.record import PreviousRound, size_summary, true_label_scores
-from dcpipe.stages.common.labels import save_npy, write_labels
 from dcpipe.stages.cluster.pic import pic
+from dcpipe.stages.cluster.record import PreviousRound, size_summary, true_label_scores
 from dcpipe.stages.cluster.rowsample import RowSample
-from dcpipe.stages.common.featurereader import block_rows, open_complete, read_keys, read_true_labels, read_valid, shard_names
+from dcpipe.stages.cluster.settings import ClusterSettings
+from dcpipe.stages.common import seeds
+from dcpipe.stages.common.featurereader import (block_rows, open_complete, read_keys,
+                                                read_true_labels, read_valid, shard_names)
+from dcpipe.stages.common.labels import save_npy, write_labels
+from dcpipe.stages.common.seeds import Domain
 
 log = logging.getLogger(__name__)
 
-METHODS = ("kmeans", "pic")
-# Default sample: every valid row, as the authors' code fits k-means on, up to this many bytes
-# of projected float32 features (2,097,152 rows at d = 256); past that the sample stays this size.
-# (faiss's own default of 256 points per centroid fitted 1.6% worse on the benchmark's data.)
-SAMPLE_BYTES = 2 << 30
 # PCA statistics come from at most this many rows per feature dimension, faiss.PCAMatrix's own
 # bound (a uniform sample of its own, drawn like the k-means sample).
 PCA_ROWS_PER_DIM = 1000
-# PIC's k-NN graph costs sample^2 x d: its default sample is smaller.
-PIC_SAMPLE = 50_000
 
 
-def sample_size_for(requested: int | None, k: int, n_valid: int, dim: int, method: str) -> int:
-    if requested is None:
-        cap = PIC_SAMPLE if method == "pic" else SAMPLE_BYTES // (4 * dim)
-        return min(n_valid, max(cap, k))
-    if requested < 1:
-        raise ValueError(f"sample_size must be positive, got {requested}")
-    size = min(requested, n_valid)
-    if method == "kmeans" and size < k:
-        raise ValueError(f"sample_size={requested} is smaller than k={k}: k-means needs at least k points")
-    return size
-
-
-def _check(k: int, n_valid: int, method: str, niter: int, pca_dim: int, refine_passes: int) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if k < 1 or niter < 1 or pca_dim < 1:
-        raise ValueError(f"k, niter and pca_dim must be positive (k={k}, niter={niter}, pca_dim={pca_dim})")
-    if refine_passes < 0:
-        raise ValueError(f"refine_passes must be 0 or more, got {refine_passes}")
-    if method == "kmeans" and k > n_valid:
-        raise ValueError(f"k={k} clusters but the feature store has only N={n_valid} valid samples: "
-                         f"choose k <= {n_valid}")
+def _check(settings: ClusterSettings, n_valid: int) -> None:
+    if settings.method == "kmeans" and settings.k > n_valid:
+        raise SettingsError(f"k={settings.k} clusters but the feature store has only N={n_valid} "
+                            f"valid samples: choose k <= {n_valid}")
 
 
 class Timer(dict):
@@ -77,22 +58,17 @@ class Timer(dict):
         self[phase] = round(time.perf_counter() - start, 3)
 
 
-def _round_from(out_dir: Path) -> int | None:
-    return int(out_dir.name) if out_dir.name.isdigit() else None
-
-
-def cluster(store_path, out_dir, *, k: int, seed: int, pca_dim: int = 256, method: str = "kmeans",
-            niter: int = 20, refine_passes: int = 2, sample_size: int | None = None, prev_labels_dir=None,
-            chunk_rows: int | None = None, use_gpu="auto", progress: bool = True,
-            round_index: int | None = None) -> dict:
+def cluster(store_path, out_dir, settings: ClusterSettings = ClusterSettings(), *, seed: int = 0,
+            round_index: int | None = None, prev_labels_dir=None, chunk_rows: int | None = None,
+            progress: bool = True) -> dict:
     """Cluster every valid row of the store; write pca.npz, centroids.npy, labels/, clusters.json.
 
-    seed drives the sample, faiss and the empty-cluster fix. sample_size: rows PCA and k-means
-    are fitted on (None: min(N, 2 GiB of projected features, at least k); PIC: min(N, 50,000)).
-    refine_passes: k-means fitted on a sample smaller than N then makes this many Lloyd passes
-    over every row of the store (see _refine).
-    chunk_rows: rows per read block (rounded to whole store chunks; None: ~8 MB). PIC takes
-    its number of clusters from the graph and ignores k. Returns the clusters.json record.
+    seed and round_index drive the samples, faiss and the empty-cluster fix (seeds.Domain).
+    settings.sample_size: rows PCA and k-means are fitted on (at most N). settings.refine_passes:
+    k-means fitted on a sample smaller than N then makes this many Lloyd passes over every row of
+    the store (see _refine). chunk_rows: rows per read block (rounded to whole store chunks;
+    None: ~8 MB). PIC takes its number of clusters from the graph and ignores k. Returns the
+    clusters.json record.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -100,21 +76,28 @@ def cluster(store_path, out_dir, *, k: int, seed: int, pca_dim: int = 256, metho
     store = open_complete(store_path)
     valid = read_valid(store)
     n_valid = int(valid.sum())
-    _check(k, n_valid, method, niter, pca_dim, refine_passes)
-    d = min(pca_dim, store.dim)
-    sample = RowSample(valid, store.chunk_rows, sample_size_for(sample_size, k, n_valid, d, method), seed)
+    _check(settings, n_valid)
+    k, method = settings.k, settings.method
+    d = min(settings.pca_dim, store.dim)
+    r = round_index or 0
+    sample = RowSample(valid, store.chunk_rows, min(settings.sample_size, n_valid),
+                       seeds.int_seed(seed, r, Domain.CLUSTER_SAMPLE))
     block = block_rows(store, chunk_rows)
-    ngpu = kmeans.gpu_count(use_gpu)
+    ngpu = kmeans.gpu_count(settings.use_gpu)
     # from here on the round's old results are being replaced: not done until clusters.json is back
-    (out_dir / "clusters.json").unlink(missing_ok=True)
+    (out_dir / outputs.RECORD).unlink(missing_ok=True)
     timer = Timer()
-    pca_rows = RowSample(valid, store.chunk_rows, min(sample.size, PCA_ROWS_PER_DIM * store.dim), seed, stream=1)
+    pca_rows = RowSample(valid, store.chunk_rows, min(sample.size, PCA_ROWS_PER_DIM * store.dim),
+                         seeds.int_seed(seed, r, Domain.PCA_SAMPLE))
     with timer("pca"):
         pca = storepasses.fit_pca(store, pca_rows, block, d, progress)
     with timer("sample"):
         x = storepasses.project_sample(store, sample, block, pca, progress)
     with timer("train"):
-        model = (KMeansFit if method == "kmeans" else PicFit)(x, k=k, niter=niter, seed=seed, ngpu=ngpu)
+        fit = KMeansFit if method == "kmeans" else PicFit
+        model = fit(x, k=k, niter=settings.niter, ngpu=ngpu,
+                    seed=seeds.int_seed(seed, r, Domain.KMEANS, bits=31),
+                    split_seed=seeds.int_seed(seed, r, Domain.EMPTY_SPLIT))
     labels = np.full(store.n_rows, -1, dtype=np.int32)
 
     def assign_rest(assign) -> float:
@@ -124,7 +107,7 @@ def cluster(store_path, out_dir, *, k: int, seed: int, pca_dim: int = 256, metho
         return storepasses.assign_sample(x, sample, assign, labels) + assign_rest(assign)
 
     with timer("refine"):  # a sample of every row is already fitted on everything
-        passes = refine_passes if method == "kmeans" and not sample.everything else 0
+        passes = settings.refine_passes if method == "kmeans" and not sample.everything else 0
         refined = _refine(model, passes, assign_everything, n_valid)
     with timer("assign"):
         dist_sum = storepasses.assign_sample(x, sample, model.assign, labels)
@@ -135,14 +118,13 @@ def cluster(store_path, out_dir, *, k: int, seed: int, pca_dim: int = 256, metho
     centroids = model.centroids
     record.update(true_label_scores(labels, read_true_labels(store)))
     with timer("write"):
-        pca.save(out_dir / "pca.npz")
-        save_npy(out_dir / "centroids.npy", centroids)
-        meta = {"k": len(centroids), "round": round_index if round_index is not None else _round_from(out_dir),
-                "method": method, "seed": seed}
+        pca.save(out_dir / outputs.PCA)
+        save_npy(out_dir / outputs.CENTROIDS, centroids)
+        meta = {"k": len(centroids), "round": round_index, "method": method, "seed": seed}
         prev = PreviousRound(prev_labels_dir)
         write_labels(out_dir, _shard_labels(store, labels, prev), meta)
     record.update(prev.scores())
-    record.update(meta, k_requested=k, niter=niter, refine_passes=passes, objective_refine=refined,
+    record.update(meta, k_requested=k, niter=settings.niter, refine_passes=passes, objective_refine=refined,
                   pca_dim=d, feature_dim=store.dim,
                   eigen_power=-0.5, n_rows=store.n_rows, n_samples=n_valid,
                   n_failed=int(store.shard_count.sum()) - n_valid, sample_size=sample.size, pca_rows=pca_rows.size,
@@ -150,7 +132,7 @@ def cluster(store_path, out_dir, *, k: int, seed: int, pca_dim: int = 256, metho
                   device=f"gpu x{ngpu}" if ngpu else "cpu", faiss_version=faiss.__version__,
                   store=str(store.path), timings=dict(timer),
                   seconds=round(time.perf_counter() - started, 3))
-    atomic_write_json(out_dir / "clusters.json", record)
+    atomic_write_json(out_dir / outputs.RECORD, record)
     log.info("clustered %d samples into %d clusters (%s, sample %d) in %.1f s", n_valid,
              record["k"], method, sample.size, record["seconds"])
     return record
@@ -183,9 +165,9 @@ def _shard_labels(store, labels: np.ndarray, prev: PreviousRound):
 class KMeansFit:
     """FAISS k-means on the sample; rows go to their nearest centroid; empty clusters split."""
 
-    def __init__(self, x: np.ndarray, *, k: int, niter: int, seed: int, ngpu: int):
-        self.seed, self.ngpu = seed, ngpu
-        centroids, self.iterations = kmeans.train_kmeans(x, k, niter, seed % 2 ** 31, ngpu)
+    def __init__(self, x: np.ndarray, *, k: int, niter: int, seed: int, split_seed: int, ngpu: int):
+        self.split_seed, self.ngpu = split_seed, ngpu
+        centroids, self.iterations = kmeans.train_kmeans(x, k, niter, seed, ngpu)
         self.move_to(centroids)
 
     def move_to(self, centroids: np.ndarray) -> None:
@@ -196,7 +178,7 @@ class KMeansFit:
         return kmeans.nearest(self.index, rows)
 
     def finish(self, labels, dist_sum: float, sample: RowSample, stream) -> dict:
-        fix = kmeans.fill_empty_clusters(labels, self.centroids, self.seed, stream)
+        fix = kmeans.fill_empty_clusters(labels, self.centroids, self.split_seed, stream)
         sizes = np.bincount(labels[labels >= 0], minlength=len(self.centroids))
         return {"objective": [it["obj_mean"] for it in self.iterations], "iterations": self.iterations,
                 "objective_final": (dist_sum + fix.objective_change) / int((labels >= 0).sum()),

@@ -23,6 +23,7 @@ import numpy as np
 from dcpipe.shards.atomic import atomic_write_bytes, fsync_dir
 from dcpipe.shards.naming import is_valid_key
 
+FOLDER = "labels"  # the index's folder in a round directory
 INDEX = "index.json"
 FORMAT = 1
 WRITERS = 8
@@ -71,13 +72,14 @@ def _write_shards(folder: Path, shards) -> list[dict]:
 
 
 def write_labels(out_dir, shards: Iterable[tuple[str, list[str], np.ndarray]], meta: dict) -> Path:
-    """Publish out_dir/labels from (shard name, keys, int32 labels) triples; return its path.
+    """Publish out_dir/FOLDER from (shard name, keys, int32 labels) triples; return its path.
 
     `meta` (k, round, method, seed, ...) goes into index.json with the shard list. Shard files
     are written by a few threads (the time goes into fsync, which releases the GIL).
     """
     out_dir = Path(out_dir)
-    final, partial, old = out_dir / "labels", out_dir / ".labels.partial", out_dir / ".labels.old"
+    final, partial, old = (out_dir / FOLDER, out_dir / f".{FOLDER}.partial",
+                           out_dir / f".{FOLDER}.old")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     listed = _write_shards(partial, shards)

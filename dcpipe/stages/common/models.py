@@ -21,7 +21,11 @@ import torch
 from torch import nn
 from torchvision import transforms
 
+from dcpipe.errors import FileFormatError
 from dcpipe.shards.atomic import atomic_write_bytes, atomic_write_with
+from dcpipe.stages.common import seeds
+from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.common.seeds import Domain
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +44,6 @@ def _conv(out, k=3, stride=1, pad=1):
 class ArchSpec:
     layers: tuple
     fc_dim: int
-    default_size: int
     dropout_first: bool  # AlexNet: Dropout before each fc; VGG: only between the two fc layers
 
 
@@ -48,7 +51,7 @@ def _alexnet(width: None) -> ArchSpec:
     pool = ("pool", 3, 2)
     layers = (_conv(96, 11, 4, 2), pool, _conv(256, 5, 1, 2), pool,
               _conv(384), _conv(384), _conv(256), pool)
-    return ArchSpec(layers, 4096, 224, dropout_first=True)
+    return ArchSpec(layers, 4096, dropout_first=True)
 
 
 def _vgg16(width: None) -> ArchSpec:
@@ -56,7 +59,7 @@ def _vgg16(width: None) -> ArchSpec:
     layers = []
     for channels, repeats in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
         layers += [_conv(channels)] * repeats + [pool]
-    return ArchSpec(tuple(layers), 4096, 224, dropout_first=False)
+    return ArchSpec(tuple(layers), 4096, dropout_first=False)
 
 
 def _small(width: int) -> ArchSpec:
@@ -65,7 +68,7 @@ def _small(width: int) -> ArchSpec:
     pool = ("pool", 2, 2)
     layers = (_conv(w), pool, _conv(2 * w), pool, _conv(4 * w), _conv(4 * w), _conv(2 * w),
               ("adapool", 4))
-    return ArchSpec(layers, 16 * w, 32, dropout_first=True)
+    return ArchSpec(layers, 16 * w, dropout_first=True)
 
 
 ARCHS = {"alexnet": _alexnet, "vgg16": _vgg16, "small": _small}
@@ -176,6 +179,10 @@ class DeepClusterNet(nn.Module):
             self.replace_top(num_classes, generator)
 
     @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_meta(self.config)
+
+    @property
     def feature_dim(self) -> int:
         return self.config["feature_dim"]
 
@@ -217,27 +224,26 @@ class DeepClusterNet(nn.Module):
         return outputs
 
 
-def build_model(arch: str, *, sobel: bool = True, input_size: int | None = None,
-                num_classes: int | None = None, seed: int | None = None,
-                width: int | None = None) -> DeepClusterNet:
+def build_model(spec: ModelSpec, *, num_classes: int | None = None,
+                seed: int | None = None) -> DeepClusterNet:
     """A freshly initialised network; `seed` makes the init reproducible (global RNG untouched).
 
-    `width` (small only) is the first conv's channel count (default 64: convs 64-128-256-256-128,
+    `spec.width` (small only) is the first conv's channel count (0: 64, convs 64-128-256-256-128,
     fc 1024). `num_classes=None` leaves no top layer (enough for `embed`).
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}: choose from {sorted(ARCHS)}")
-    if width is not None and arch not in DEFAULT_WIDTH:
-        raise ValueError(f"width applies to {sorted(DEFAULT_WIDTH)} only, not {arch!r}")
-    width = width or DEFAULT_WIDTH.get(arch)
-    size = input_size or ARCHS[arch](width).default_size
+    width = spec.width or DEFAULT_WIDTH.get(spec.arch)
     if seed is None:
         generator, rng_guard = None, contextlib.nullcontext()
     else:  # layer constructors draw from the global RNG: seeded builds leave it untouched
         generator, rng_guard = torch.Generator().manual_seed(seed), torch.random.fork_rng([])
     with rng_guard:
-        return DeepClusterNet(arch, sobel=sobel, input_size=size, num_classes=num_classes,
-                              width=width, generator=generator)
+        return DeepClusterNet(spec.arch, sobel=spec.sobel, input_size=spec.input_size,
+                              num_classes=num_classes, width=width, generator=generator)
+
+
+def random_init(spec: ModelSpec, seed: int, num_classes: int | None = None) -> DeepClusterNet:
+    """Round 0's network for a workspace seed: the same for extract, train and the eval baseline."""
+    return build_model(spec, num_classes=num_classes, seed=seeds.int_seed(seed, 0, Domain.INIT))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -260,10 +266,9 @@ def load_model(path, map_location="cpu") -> tuple[DeepClusterNet, dict]:
     """Rebuild a saved model from its .pt alone (weights_only load). Returned in eval mode."""
     blob = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(blob, dict) or blob.get("meta", {}).get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a dcpipe model checkpoint")
+        raise FileFormatError(f"{path}: not a dcpipe model checkpoint")
     meta = blob["meta"]
-    model = build_model(meta["arch"], sobel=meta["sobel"], input_size=meta["input_size"],
-                        num_classes=meta["top_k"], width=meta["width"])
+    model = build_model(ModelSpec.from_meta(meta), num_classes=meta["top_k"])
     model.load_state_dict(blob["state_dict"], strict=True)
     return model.eval(), meta
 

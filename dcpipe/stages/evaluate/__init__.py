@@ -3,10 +3,14 @@
 The entry point is imported on first use: the package's light modules (settings, outputs) must
 not pull in torch for `dcpipe status`.
 """
+from dcpipe.stages.evaluate.settings import EvalSettings
 
 
 def __getattr__(name):
-    if name == "evaluate":
-        from dcpipe.stages.evaluate.stage import evaluate
-        return evaluate
+    if name in ("evaluate", "compare_random"):
+        from dcpipe.stages.evaluate import stage
+        return getattr(stage, name)
+    if name == "embed":
+        from dcpipe.stages.evaluate.embed import embed
+        return embed
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

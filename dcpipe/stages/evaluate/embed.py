@@ -20,35 +20,37 @@ import zarr
 
 from dcpipe.shards.atomic import atomic_write_json, fsync_dir, publish
 
+from dcpipe.stages.common.models import eval_transform
+from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.evaluate.settings import EvalSettings
 from dcpipe.stages.evaluate.stage import model_for_eval
 from dcpipe.stages.sources.imagesets import ImageSet
-from dcpipe.stages.common.models import eval_transform
 
 ZARR_CHUNK_ROWS = 4096
 
 
-def embed(src, out_path, *, model_path=None, arch="small", sobel=True, input_size=None,
-          width=None, seed=0, batch_size=128, workers=2) -> dict:
-    """Writes the features of `src` to `out_path`; returns {rows, dim, failed, path, model}."""
+def embed(src, out_path, model: ModelSpec = ModelSpec(), *, model_path=None, seed: int = 0,
+          batch_size: int = EvalSettings.batch_size, workers: int = EvalSettings.workers) -> dict:
+    """Writes the features of `src` to `out_path` with a round's model (`model_path`) or the
+    random init of `model`; returns {rows, dim, failed, path, model}."""
     out_path = Path(out_path)
-    model, model_info = model_for_eval(model_path, arch=arch, sobel=sobel,
-                                       input_size=input_size, width=width, seed=seed)
+    net, model_info = model_for_eval(model_path, model, seed)
     writer_cls = NpyWriter if out_path.suffix == ".npy" else ZarrWriter
-    writer = writer_cls(out_path, model.feature_dim)
+    writer = writer_cls(out_path, net.feature_dim)
     keys, failed = [], []
-    transform = eval_transform(model.config["input_size"])
+    transform = eval_transform(net.config["input_size"])
     try:
         for batch in ImageSet(src).batches(transform, batch_size=batch_size, workers=workers):
             failed += [list(f) for f in batch.failures]
             if batch.images is not None:
-                writer.append(_features(model, batch.images))
+                writer.append(_features(net, batch.images))
                 keys += batch.keys
         summary = {"keys": keys, "failed": failed, "model": model_info}
         writer.finish(summary)
     except BaseException:
         writer.discard()
         raise
-    return {"path": str(out_path), "rows": len(keys), "dim": model.feature_dim,
+    return {"path": str(out_path), "rows": len(keys), "dim": net.feature_dim,
             "failed": len(failed), "model": model_info}
 
 

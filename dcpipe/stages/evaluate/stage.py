@@ -13,34 +13,31 @@ features for k-NN (at most `max_train` rows) and the test ones for k-means (`max
 """
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from dcpipe.stages.evaluate import probes
+from dcpipe.errors import DcpipeError, SettingsError
 from dcpipe.stages.common.activations import PENULTIMATE, Tap
+from dcpipe.stages.common.models import eval_transform, load_model, random_init
+from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.evaluate import probes
+from dcpipe.stages.evaluate.retrieval import retrieval_map
+from dcpipe.stages.evaluate.settings import EvalSettings
 from dcpipe.stages.evaluate.table import model_label
 from dcpipe.stages.sources.imagesets import ImageSet
-from dcpipe.stages.common.models import build_model, eval_transform, load_model
-from dcpipe.stages.evaluate.retrieval import retrieval_map
 
-PROTOCOLS = ("linear", "knn", "kmeans", "retrieval")
-DEFAULT_PROTOCOLS = ("linear", "knn", "kmeans")
 MAX_REPORTED_FAILURES = 20
 
 
-def model_for_eval(model_path=None, *, arch="small", sobel=True, input_size=None, width=None,
-                   seed=0):
-    """A round's model, or (no path) a seeded random init: the baseline."""
+def model_for_eval(model_path=None, spec: ModelSpec = ModelSpec(), seed: int = 0):
+    """A round's model (its spec from the checkpoint), or with no path the random init of `spec`
+    for the workspace `seed`, the network round 0 started from: the baseline."""
     if model_path is not None:
         model, meta = load_model(model_path)
         info = {k: meta.get(k) for k in ("arch", "sobel", "input_size", "width", "round")}
-        folder = Path(model_path).parent.name  # rounds/RRRR/model.pt names its round
-        if info["round"] is None and folder.isdigit():
-            info["round"] = int(folder)
         return model, {"path": str(model_path), "random_init": False, **info}
-    model = build_model(arch, sobel=sobel, input_size=input_size, width=width, seed=seed)
+    model = random_init(spec, seed)
     info = {k: model.config[k] for k in ("arch", "sobel", "input_size", "width")}
     return model.eval(), {"path": None, "random_init": True, "seed": seed, **info}
 
@@ -99,7 +96,7 @@ def fit_pass(src, tap, classes, protocols, knn_k, io):
             knn_rows.append(feats[PENULTIMATE])
             knn_labels.append(labels)
     if not stats.info["images"]:
-        raise ValueError(f"no labelled, readable image in the training set {src}")
+        raise DcpipeError(f"no labelled, readable image in the training set {src}")
     knn = None
     if knn_rows:
         knn = probes.KnnClassifier(_rows(knn_rows), np.concatenate(knn_labels),
@@ -121,60 +118,57 @@ def score_pass(src, tap, classes, fitted, knn, keep_rows, io):
             kept.append(feats[PENULTIMATE])
             kept_labels.append(labels)
     if not stats.info["images"]:
-        raise ValueError(f"no labelled, readable image in the test set {src}")
+        raise DcpipeError(f"no labelled, readable image in the test set {src}")
     labels = np.concatenate(kept_labels) if kept_labels else np.zeros(0, np.int64)
     return stats.info, correct, (_rows(kept), labels)
 
 
-def check_protocols(protocols, train_src, test_src, query_src, database_src) -> tuple:
-    protocols = tuple(protocols.split(",")) if isinstance(protocols, str) else tuple(protocols)
-    unknown = sorted(set(protocols) - set(PROTOCOLS))
-    if unknown or not protocols:
-        raise ValueError(f"unknown protocols {unknown or protocols}: choose from {PROTOCOLS}")
+def check_sources(protocols, train_src, test_src, query_src, database_src) -> None:
     if "retrieval" in protocols and (query_src is None or database_src is None):
-        raise ValueError("the retrieval protocol needs query and database image lists")
+        raise SettingsError("the retrieval protocol needs query and database image lists")
     needs_train = {"linear", "knn"} & set(protocols)
     if needs_train and train_src is None:
-        raise ValueError(f"{'/'.join(sorted(needs_train))} needs a training set (--train)")
+        raise SettingsError(f"{'/'.join(sorted(needs_train))} needs a training set (--train)")
     if set(protocols) - {"retrieval"} and test_src is None:
-        raise ValueError("the classification protocols need a test set (--test)")
-    return protocols
+        raise SettingsError("the classification protocols need a test set (--test)")
 
 
-def evaluate(train_src, test_src, *, model_path=None, arch="small", sobel=True,
-             input_size=None, width=None, seed=0, sample_seed=0, protocols=DEFAULT_PROTOCOLS,
-             knn_k=20, layers="all", probe_dims=None, kmeans_pca=None, max_train=50_000,
-             max_test=10_000, batch_size=128, workers=2, query_src=None,
-             database_src=None) -> dict:
-    """Evaluates a model (`model_path`) or, with no path, the random init of the given
-    architecture seeded by `seed` (the baseline). `sample_seed` draws the subsets and seeds
-    the k-means; `kmeans_pca` = d runs k-means after PCA-whitening to d dims (the method's own
-    preprocessing) instead of on the plain features. Returns plain JSON types."""
-    protocols = check_protocols(protocols, train_src, test_src, query_src, database_src)
-    model, model_info = model_for_eval(model_path, arch=arch, sobel=sobel,
-                                       input_size=input_size, width=width, seed=seed)
-    result = {"model": model_info, "protocols": list(protocols), "seconds": {}}
+def evaluate(train_src, test_src, model: ModelSpec = ModelSpec(),
+             settings: EvalSettings = EvalSettings(), *, model_path=None, seed: int = 0,
+             query_src=None, database_src=None) -> dict:
+    """Evaluates a model (`model_path`, its spec from the checkpoint) or, with no path, the
+    random init of `model` for the workspace `seed` (the baseline). `settings.sample_seed`
+    draws the subsets and seeds the k-means; `settings.kmeans_pca` = d runs k-means after
+    PCA-whitening to d dims (the method's own preprocessing) instead of on the plain features.
+    Returns plain JSON types."""
+    s = settings
+    check_sources(s.protocols, train_src, test_src, query_src, database_src)
+    net, model_info = model_for_eval(model_path, model, seed)
+    result = {"model": model_info, "protocols": list(s.protocols), "seconds": {}}
     started = time.monotonic()
-    if set(protocols) - {"retrieval"}:
-        tap = Tap(model, layers if "linear" in protocols else [PENULTIMATE],
-                  probe_dims=probe_dims)
-        io = {"seed": sample_seed, "batch_size": batch_size, "workers": workers}
-        result.update(_classification(train_src, test_src, tap, protocols, io, knn_k=knn_k,
-                                      kmeans_pca=kmeans_pca, limits=(max_train, max_test)))
+    if set(s.protocols) - {"retrieval"}:
+        tap = Tap(net, s.layers if "linear" in s.protocols else [PENULTIMATE],
+                  probe_dims=s.probe_dims or None)
+        io = {"seed": s.sample_seed, "batch_size": s.batch_size, "workers": s.workers}
+        result.update(_classification(train_src, test_src, tap, s.protocols, io, knn_k=s.knn_k,
+                                      kmeans_pca=s.kmeans_pca or None,
+                                      limits=(s.max_train, s.max_test)))
         result["seconds"]["classification"] = round(time.monotonic() - started, 2)
-    if "retrieval" in protocols:
+    if "retrieval" in s.protocols:
         begun = time.monotonic()
-        result["retrieval"] = retrieval_map(model, query_src, database_src, workers=workers)
+        result["retrieval"] = retrieval_map(net, query_src, database_src, workers=s.workers)
         result["seconds"]["retrieval"] = round(time.monotonic() - begun, 2)
     return result
 
 
-def compare_random(train_src, test_src, *, model_path, seed=0, **options) -> dict:
+def compare_random(train_src, test_src, settings: EvalSettings = EvalSettings(), *,
+                   model_path, seed: int = 0, **image_sets) -> dict:
     """The model and a random init of the same architecture, evaluated on the same images:
-    {trained label: result, random label: result} (the shape the report reads from eval.json)."""
-    trained = evaluate(train_src, test_src, model_path=model_path, **options)
-    arch = {k: trained["model"][k] for k in ("arch", "sobel", "input_size", "width")}
-    baseline = evaluate(train_src, test_src, seed=seed, **arch, **options)
+    {trained label: result, random label: result} (the shape the report reads from eval.json).
+    `image_sets`: query_src and database_src for the retrieval protocol."""
+    trained = evaluate(train_src, test_src, settings=settings, model_path=model_path, **image_sets)
+    spec = ModelSpec.from_meta(trained["model"])
+    baseline = evaluate(train_src, test_src, spec, settings, seed=seed, **image_sets)
     return {model_label(trained): trained, model_label(baseline): baseline}
 
 

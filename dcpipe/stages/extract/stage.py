@@ -16,61 +16,60 @@ import ctypes
 import ctypes.util
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dcpipe.errors import DcpipeError
+from dcpipe.stages.common.distributed import ProcessGroup
 from dcpipe.stages.common.featurestore import ROW_ARRAYS, FeatureStore, create_store, open_store
-from dcpipe.stages.common.models import build_model, load_model, normalize_batch
+from dcpipe.stages.common.models import load_model, normalize_batch, random_init
+from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.extract.reader import ShardBatches, ShardJob
+from dcpipe.stages.extract.settings import ExtractSettings
 
 log = logging.getLogger("dcpipe.extract")
 DTYPES = {"float16": np.float16, "float32": np.float32}
-BARRIER_TIMEOUT = timedelta(hours=12)  # the last barrier waits for the slowest rank
 TRIM_EVERY = 1  # batches between heap trims (a trim costs ~1% of a batch)
 
 
-class StoreMismatch(RuntimeError):
+class StoreMismatch(DcpipeError):
     """An existing store was made from other shards, another model or other options."""
 
 
-def extract(shards, store_path, *, model_path=None, arch: str = "small", sobel: bool = True,
-            input_size: int = 32, width: int | None = None, seed: int = 0,
-            batch_size: int = 256, workers: int = 2, dtype: str = "float16",
-            chunk_rows: int = 4096, rank: int | None = None, world_size: int | None = None,
+def extract(shards, store_path, model: ModelSpec = ModelSpec(),
+            settings: ExtractSettings = ExtractSettings(), *, model_path=None, seed: int = 0,
             progress: bool = True) -> dict:
     """Fill (or finish) the feature store at `store_path` for `shards` (list of ShardInfo).
 
-    With `model_path`, arch/sobel/input_size/width come from the checkpoint. `chunk_rows` is
-    an upper bound: it is lowered to the largest shard's count, so that collections of small
-    shards (the shard stage's default is 1,000) carry no padding. Returns a summary of this
-    process's share of the work and whether the store is complete.
+    With `model_path` the network (and its ModelSpec) comes from the checkpoint; without, it is
+    the random init of `model` for the workspace `seed`. `settings.chunk_rows` is an upper
+    bound: it is lowered to the largest shard's count, so that collections of small shards (the
+    shard stage's default is 1,000) carry no padding. Under torchrun, rank and world come from
+    the environment. Returns a summary of this process's share of the work and whether the store
+    is complete.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
     started = time.monotonic()
-    group = _ProcessGroup.start(rank, world_size)
+    group = ProcessGroup.start()
     try:
-        device = _device()
-        model, model_info = _model(model_path, arch, sobel, input_size, width, seed)
-        model.to(device).eval()
-        store = _prepare_store(group, shards, Path(store_path), model_info, dtype, chunk_rows)
+        device = group.device
+        net, model_info = _model(model_path, model, seed)
+        net.to(device).eval()
+        store = _prepare_store(group, shards, Path(store_path), model_info, settings.dtype,
+                               settings.chunk_rows)
         mine = [s for s in range(len(shards)) if s % group.world == group.rank]
         todo = [s for s in mine if not store.is_done(s)]
         bar = tqdm(total=sum(shards[s].n_samples for s in todo), unit="img", smoothing=0.1,
                    desc=f"extract rank {group.rank}", disable=not progress or group.rank != 0)
         with bar:
-            counts = _extract_shards(model, store, shards, todo, device, bar,
-                                     batch_size=batch_size, workers=workers,
-                                     input_size=model.config["input_size"])
+            counts = _extract_shards(net, store, shards, todo, device, bar,
+                                     batch_size=settings.batch_size, workers=settings.workers,
+                                     input_size=net.config["input_size"])
         complete = _finish(group, store)
     finally:
         group.close()
@@ -82,48 +81,10 @@ def extract(shards, store_path, *, model_path=None, arch: str = "small", sobel: 
 
 
 # ---------------------------------------------------------------- set-up
-class _ProcessGroup:
-    """torch.distributed when launched with WORLD_SIZE > 1 (torchrun), else a no-op."""
-
-    def __init__(self, rank: int, world: int, owned: bool):
-        self.rank, self.world, self.owned = rank, world, owned
-
-    @classmethod
-    def start(cls, rank, world_size):
-        world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
-        rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-        if not 0 <= rank < max(world, 1):
-            raise ValueError(f"rank {rank} outside world size {world}")
-        if world <= 1:
-            return cls(0, 1, False)
-        owned = not dist.is_initialized()
-        if owned:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend, rank=rank, world_size=world,
-                                    timeout=BARRIER_TIMEOUT)
-        return cls(rank, world, owned)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owned:
-            dist.destroy_process_group()
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
-
-
-def _model(model_path, arch, sobel, input_size, width, seed):
+def _model(model_path, spec: ModelSpec, seed: int):
     """The round's model and the facts about it that the store records."""
     if model_path is None:
-        model = build_model(arch, sobel=sobel, input_size=input_size, width=width, seed=seed)
+        model = random_init(spec, seed)
         return model, {**model.config, "source": "random-init", "seed": seed}
     model, meta = load_model(model_path)
     digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()

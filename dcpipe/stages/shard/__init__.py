@@ -3,6 +3,7 @@
 The entry point is imported on first use: the package's light modules (settings, outputs) must
 not pull in torch for `dcpipe status`.
 """
+from dcpipe.stages.shard.settings import ShardSettings
 
 
 def __getattr__(name):

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_IMAGE_SIZE = 256
+from dcpipe.stages.shard.settings import ShardSettings
+
 DEFAULT_QUALITY = 95
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MIN_SIZE = 8
@@ -36,7 +37,7 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    image_size: int = DEFAULT_IMAGE_SIZE
+    image_size: int = ShardSettings.image_size
     quality: int = DEFAULT_QUALITY
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_size: int = DEFAULT_MIN_SIZE

@@ -1,16 +1,16 @@
 """The shard stage: any image source -> WebDataset shards, restartable and accountable.
 
-    shard("yfcc.csv", "work/shards", workers=2)
+    shard("yfcc.csv", "work/shards", ShardSettings(workers=2))
 
-1. Plan (`stages.plan`): the source's rows are counted and rows not yet planned are cut into
+1. Plan (`plan.py`): the source's rows are counted and rows not yet planned are cut into
    shards of `shard_size` consecutive rows, recorded in plan.json before any work. A folder
-   first appends its new files to its listing (`stages.folders`): rows of a folder are numbered
+   first appends its new files to its listing (`sources.folders`): rows of a folder are numbered
    by first appearance, so files added later only ever become new rows, never renumber old ones.
 2. Work: planned shards that are in neither the manifest nor another node's share
    (`index % num_nodes == node_rank`) are processed whole by `workers` processes
-   (`stages.shardwork.process_shard`: fetch, check, decode, resize, encode), each with
+   (`worker.process_shard`: fetch, check, decode, resize, encode), each with
    `threads` downloads in flight ahead of its decoding.
-3. Commit, in the main process and in shard order (`stages.shardcommit`): duplicate decisions,
+3. Commit, in the main process and in shard order (`commit.py`): duplicate decisions,
    tar + rejects + stats JSON, then the manifest entry. Committing in order is what makes
    `dedup` deterministic under kill/rerun and any worker count.
 
@@ -29,46 +29,34 @@ import contextlib
 import json
 import logging
 import multiprocessing
-import os
 import time
 from collections import Counter, deque
 from pathlib import Path
 
+from dcpipe.errors import SettingsError
 from dcpipe.shards.manifest import add_entry, load_manifest
-
-from dcpipe.stages.sources import folders
-
-from dcpipe.stages.sources import tables as sources
+from dcpipe.stages.common import distributed
+from dcpipe.stages.shard.commit import adopt_committed, mark_duplicates, write_shard
 from dcpipe.stages.shard.dedup import DedupIndex
-from dcpipe.stages.sources.fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
-from dcpipe.stages.shard.resizer import DEFAULT_IMAGE_SIZE, Limits
 from dcpipe.stages.shard.plan import PlannedShard, extend_plan, listing_path, planned_shards
 from dcpipe.stages.shard.progress import Progress
-from dcpipe.stages.shard.commit import adopt_committed, mark_duplicates, write_shard
+from dcpipe.stages.shard.resizer import Limits
+from dcpipe.stages.shard.settings import ShardSettings
 from dcpipe.stages.shard.worker import FetchOptions, ShardTask, exit_with_parent, process_shard
+from dcpipe.stages.sources import folders
+from dcpipe.stages.sources import tables as sources
 
 log = logging.getLogger(__name__)
-MAX_SHARD_SIZE = 10**6  # keys hold the row within a shard in six digits
 LOGGED = ("name", "rows", "written", "rejected", "rejects", "row_start", "row_end")
-DEFAULT_THREADS = 8  # per worker process: downloads in flight ahead of the decoding
 
 
 def resolve_nodes(node_rank=None, num_nodes=None) -> tuple[int, int]:
     """Explicit values win; else torchrun's RANK / WORLD_SIZE; else a single node."""
-    rank = node_rank if node_rank is not None else int(os.environ.get("RANK", 0))
-    world = num_nodes if num_nodes is not None else int(os.environ.get("WORLD_SIZE", 1))
+    rank = node_rank if node_rank is not None else distributed.rank()
+    world = num_nodes if num_nodes is not None else distributed.world_size()
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"node_rank must be in [0, num_nodes): got {rank} of {world}")
+        raise SettingsError(f"node_rank must be in [0, num_nodes): got {rank} of {world}")
     return rank, world
-
-
-def _check_options(image_size, shard_size, workers, dedup, world, timeout, max_bytes):
-    if not 1 <= shard_size <= MAX_SHARD_SIZE:
-        raise ValueError(f"shard_size must be in [1, {MAX_SHARD_SIZE}], got {shard_size}")
-    if image_size < 1 or workers < 1 or timeout <= 0 or max_bytes < 1:
-        raise ValueError("image_size, workers, threads, timeout and max_bytes must be positive")
-    if dedup and world > 1:
-        raise ValueError("dedup needs the whole collection on one node: use num_nodes=1")
 
 
 def _tasks(rows, todo, limits, fetch_opts):
@@ -146,30 +134,35 @@ def _done_shards(shards_dir, planned, sid: str, record: bool) -> set:
     return done
 
 
-def shard(src, shards_dir, *, format=None, url_col=None, key_col=None, meta_cols=None,
-          image_size=DEFAULT_IMAGE_SIZE, shard_size=1000, workers=1, threads=DEFAULT_THREADS,
-          dedup=False, timeout=DEFAULT_TIMEOUT, max_bytes=DEFAULT_MAX_BYTES, node_rank=None,
-          num_nodes=None, progress=True) -> dict:
-    """Shard `src` into `shards_dir`; return the totals of this run (see module docstring)."""
+def shard(src, shards_dir, settings: ShardSettings = ShardSettings(), *, format=None,
+          url_col=None, key_col=None, meta_cols=None, node_rank=None, num_nodes=None,
+          progress=True) -> dict:
+    """Shard `src` into `shards_dir`; return the totals of this run (see module docstring).
+
+    `format` (else taken from the file), `url_col`, `key_col` and `meta_cols` say how to read
+    the source; `node_rank` / `num_nodes` default to torchrun's RANK / WORLD_SIZE.
+    """
     rank, world = resolve_nodes(node_rank, num_nodes)
-    _check_options(image_size, shard_size, min(workers, threads), dedup, world, timeout, max_bytes)
+    if settings.dedup and world > 1:
+        raise SettingsError("dedup needs the whole collection on one node: use num_nodes=1")
+    image_size, workers = settings.image_size, settings.workers
     started = time.perf_counter()
     shards_dir = Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
     fmt = sources.detect_format(src, format)
     read = {"format": fmt, "url_col": url_col, "key_col": key_col,
             "meta_cols": list(meta_cols) if meta_cols is not None else None}
-    shaping = {**read, "image_size": image_size, "shard_size": shard_size}
+    shaping = {**read, "image_size": image_size, "shard_size": settings.shard_size}
     with _worker_pool(workers) as pool:
         sid, n_rows, planned = _prepare(src, shards_dir, read, shaping)
         done = _done_shards(shards_dir, planned, sid, record=world == 1)
         todo = [p for p in planned if p.index % world == rank and p.index not in done]
         rows = sources.iter_rows(src, **read, start=todo[0].row_start if todo else 0)
         tasks = _tasks(rows, todo, Limits(image_size=image_size),
-                       FetchOptions(timeout, max_bytes, threads))
+                       FetchOptions(settings.timeout, settings.max_bytes, settings.threads))
         context = {"source": sid, "format": fmt, "image_size": image_size}
         totals = _run(shards_dir, _results(tasks, pool, workers), todo, context,
-                      dedup=DedupIndex(shards_dir) if dedup else None,
+                      dedup=DedupIndex(shards_dir) if settings.dedup else None,
                       record=world == 1, progress=progress)
     totals.update(source=sid, format=fmt, rows_in_source=n_rows, shards_planned=len(planned),
                   shards_skipped=len([p for p in planned if p.index in done]),

@@ -21,8 +21,8 @@ import time
 from urllib.parse import quote, unquote, urljoin, urlsplit
 from urllib.request import url2pathname
 
-DEFAULT_TIMEOUT = 10.0
-DEFAULT_MAX_BYTES = 32 << 20
+TIMEOUT = 10.0  # seconds per download (connect, and between bytes)
+MAX_BYTES = 20_000_000  # a body or file larger than this is refused
 MAX_REDIRECTS = 5
 CHUNK = 1 << 16
 USER_AGENT = "dcpipe-shard/0.1"
@@ -36,8 +36,7 @@ class FetchError(Exception):
         self.reason, self.detail = reason, detail
 
 
-def fetch(source: str, *, timeout: float = DEFAULT_TIMEOUT,
-          max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+def fetch(source: str, *, timeout: float = TIMEOUT, max_bytes: int = MAX_BYTES) -> bytes:
     if not source:
         raise FetchError("missing_source")
     scheme = urlsplit(source).scheme.lower()

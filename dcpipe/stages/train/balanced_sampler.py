@@ -35,13 +35,10 @@ import numpy as np
 
 from dcpipe.shards.reader import ShardInfo, iter_shard
 
+from dcpipe.stages.common import seeds
 from dcpipe.stages.common.labels import LabelsError, load_labels
+from dcpipe.stages.common.seeds import Domain
 
-_COPIES, _ORDER, _WINDOW = 1, 2, 3  # RNG domains, so no two uses of the seed share a stream
-
-
-def seeded_rng(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
 
 
 class Draw(NamedTuple):
@@ -98,8 +95,8 @@ class BalancedSampler:
     """The draws of one rank, as `streams` independent streams (see the module docstring)."""
 
     def __init__(self, shards: list[ShardInfo], labels_dir, sizes: np.ndarray, *,
-                 reassign: float = 1.0, seed: int = 0, rank: int = 0, world: int = 1,
-                 streams: int = 1, interleave: int = 16, window: int = 4096):
+                 reassign: float = 1.0, seed: int = 0, round_index: int = 0, rank: int = 0,
+                 world: int = 1, streams: int = 1, interleave: int = 16, window: int = 4096):
         if reassign <= 0:
             raise ValueError(f"reassign must be > 0, got {reassign}")
         if min(streams, interleave, window, world) < 1 or not 0 <= rank < world:
@@ -108,7 +105,7 @@ class BalancedSampler:
         self.labels_dir = Path(labels_dir)
         self.sizes = np.asarray(sizes, np.int64)
         self.k = len(self.sizes)
-        self.seed, self.rank, self.world = seed, rank, world
+        self.seed, self.round_index, self.rank, self.world = seed, round_index, rank, world
         self.streams, self.interleave, self.window = streams, interleave, window
         n_labelled = int(self.sizes.sum())
         self.passes = max(1, math.ceil(reassign))
@@ -120,15 +117,18 @@ class BalancedSampler:
             self.rates[nonempty] = per_cluster / self.sizes[nonempty]
 
     # ------------------------------------------------------------ label-only plan
+    def _rng(self, domain: Domain, *keys: int) -> np.random.Generator:
+        return seeds.rng(self.seed, self.round_index, domain, *keys)
+
     def copies(self, shard: ShardInfo, labels: np.ndarray, p: int) -> np.ndarray:
         """How many times each row of `shard` is drawn in pass p."""
         x = np.where(labels >= 0, self.rates[np.maximum(labels, 0)], 0.0)
-        u = seeded_rng(self.seed, _COPIES, p, shard.index).random(len(labels))
+        u = self._rng(Domain.COPIES, p, shard.index).random(len(labels))
         whole = np.floor(x)
         return (whole + (u < x - whole)).astype(np.int64)
 
     def rank_shards(self, p: int) -> list[ShardInfo]:
-        order = seeded_rng(self.seed, _ORDER, p).permutation(len(self.shards))
+        order = self._rng(Domain.SHARD_ORDER, p).permutation(len(self.shards))
         return [self.shards[i] for i in order if i % self.world == self.rank]
 
     def groups(self, w: int, p: int) -> list[list[ShardInfo]]:
@@ -187,7 +187,7 @@ class BalancedSampler:
                 skip: int) -> Iterator[Draw]:
         images = reader.read(a, b)
         entries = np.repeat(np.arange(a, b), plan.copies[a:b])
-        order = seeded_rng(self.seed, _WINDOW, p, plan.shards[0].index, j).permutation(len(entries))
+        order = self._rng(Domain.WINDOW, p, plan.shards[0].index, j).permutation(len(entries))
         for e in entries[order[skip:]].tolist():
             shard = plan.shards[plan.slot[e]]
             row = int(plan.row[e])

@@ -18,17 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from dcpipe.stages.common import seeds
 from dcpipe.stages.common.images import BadImage, open_rgb
+from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.train.balanced_sampler import BalancedSampler
-
-_AUGMENT = 4  # RNG domain (sampler.py uses 1-3)
-
-
-def derived_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed for torch from a base seed and counters."""
-    state = np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0]
-    return int(state) >> 1
-
 
 class StreamChunks(IterableDataset):
     """Chunks (images [n, 3, s, s] float, labels [n] int64) of one stream, from chunk `first`."""
@@ -43,8 +36,8 @@ class StreamChunks(IterableDataset):
             batch = list(itertools.islice(draws, self.chunk))
             if not batch:
                 return
-            torch.manual_seed(derived_seed(self.sampler.seed, _AUGMENT, self.sampler.rank,
-                                           self.stream, q))
+            torch.manual_seed(seeds.int_seed(self.sampler.seed, self.sampler.round_index,
+                                             Domain.AUGMENT, self.sampler.rank, self.stream, q))
             images = torch.stack([self.transform(_decode(d)) for d in batch])
             yield images, torch.tensor([d.label for d in batch], dtype=torch.int64)
 

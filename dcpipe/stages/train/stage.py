@@ -24,98 +24,65 @@ as an uninterrupted run would. `train.json`, written last, marks the round's tra
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from dcpipe.errors import FileFormatError, SettingsError
 from dcpipe.shards.atomic import atomic_write_json, atomic_write_with, read_json
 from dcpipe.shards.reader import ShardInfo
-
+from dcpipe.stages.common import seeds
+from dcpipe.stages.common.distributed import ProcessGroup
 from dcpipe.stages.common.labels import LabelsError, read_index
-from dcpipe.stages.common.models import build_model, load_model, save_model, train_transform
+from dcpipe.stages.common.models import load_model, random_init, save_model, train_transform
+from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.common.seeds import Domain
+from dcpipe.stages.train import outputs
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
-from dcpipe.stages.train.batches import MergedBatches, derived_seed, open_streams
+from dcpipe.stages.train.batches import MergedBatches, open_streams
+from dcpipe.stages.train.settings import TrainSettings
 
 CKPT_FORMAT = "dcpipe.train-ckpt/1"
-_TOP, _DROPOUT = 5, 6  # RNG domains (sampler.py and trainbatches.py use 1-4)
 CHUNK = 32  # draws a loader worker decodes as one unit
 
 
-def train(shards: list[ShardInfo], labels_dir, out_dir, *, model_path=None, body_optim_path=None,
-          arch: str = "small", sobel: bool = True, input_size: int = 32, width: int | None = None,
-          seed: int = 0, init_seed: int | None = None, lr: float = 0.05, momentum: float = 0.9,
-          weight_decay: float = 1e-5, batch_size: int = 256, reassign: float = 1.0,
-          crop_min: float = 0.08, flip: bool = True, workers: int = 2, checkpoint_every: int = 200,
-          loss_every: int = 10, interleave: int = 16, window: int = 4096, rank: int | None = None,
-          world_size: int | None = None, round_index: int | None = None,
+def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = ModelSpec(),
+          settings: TrainSettings = TrainSettings(), *, model_path=None, body_optim_path=None,
+          seed: int = 0, round_index: int = 0, interleave: int = 16, window: int = 4096,
           progress: bool = True) -> dict:
     """Train one round; returns the train.json record (at once if the round is already trained).
 
-    `model_path` None = round 0: a random init seeded by `init_seed` (default `seed`; pass the
-    extract stage's seed so that round 0 trains the network that made its features).
-    `rank` / `world_size` default to the RANK / WORLD_SIZE set by torchrun.
+    `model_path` None = round 0: the random init of `model` for the workspace `seed`, the network
+    the extract stage made round 0's features with. `seed` and `round_index` seed every random
+    choice of the round (common.seeds). Under torchrun, rank and world come from the environment.
+    `interleave` and `window` shape the sampler's shuffle (balanced_sampler.py).
     """
     out_dir = Path(out_dir)
-    record = read_json(out_dir / "train.json")
+    record = read_json(out_dir / outputs.RECORD)
     if record is not None:
         return record
-    if batch_size < 1 or checkpoint_every < 1 or loss_every < 1 or workers < 0:
-        raise ValueError("batch_size, checkpoint_every and loss_every must be >= 1, workers >= 0")
-    if not 0 < crop_min <= 1:
-        raise ValueError(f"crop_min is the smallest crop's share of the image area, in (0, 1]: {crop_min}")
     config = {
         "shards": [s.name for s in shards], "labels_dir": str(labels_dir),
         "model_path": None if model_path is None else str(model_path),
         "body_optim_path": None if body_optim_path is None else str(body_optim_path),
-        "arch": arch, "sobel": sobel, "input_size": input_size, "width": width, "seed": seed,
-        "round": round_index, "init_seed": seed if init_seed is None else init_seed, "lr": lr,
-        "momentum": momentum, "weight_decay": weight_decay, "batch_size": batch_size, "reassign": reassign,
-        "crop_min": crop_min, "flip": flip, "loss_every": loss_every, "interleave": interleave,
-        "window": window, "chunk": CHUNK, "streams": max(1, workers),
+        **model.as_dict(), **asdict(settings), "seed": seed, "round": round_index,
+        "interleave": interleave, "window": window, "chunk": CHUNK,
+        "streams": max(1, settings.workers),
     }
-    ctx = Dist(rank, world_size)
+    del config["workers"], config["checkpoint_every"]  # how to run, not what is computed
+    group = ProcessGroup.start()
     try:
-        run = RoundTraining(ctx, shards, Path(labels_dir), out_dir, config)
-        return run.run(workers, checkpoint_every, progress)
+        run = RoundTraining(group, shards, Path(labels_dir), out_dir, config)
+        return run.run(settings.workers, settings.checkpoint_every, progress)
     finally:
-        ctx.close()
-
-
-class Dist:
-    """Rank, world and device; sums over ranks (a no-op alone). Starts torch.distributed when
-    world > 1 and nobody else has (gloo on CPU, NCCL on GPU)."""
-
-    def __init__(self, rank: int | None, world: int | None):
-        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-        self.world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
-        cuda = torch.cuda.is_available()
-        self.device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if cuda else "cpu")
-        if cuda:
-            torch.cuda.set_device(self.device)  # NCCL's collectives run on the current device
-        self.created = self.world > 1 and not dist.is_initialized()
-        if self.created:
-            dist.init_process_group("nccl" if cuda else "gloo", rank=self.rank,
-                                    world_size=self.world)
-
-    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world == 1:
-            return tensor
-        moved = tensor.to(self.device)
-        dist.all_reduce(moved)
-        return moved.to(tensor.device)
-
-    def close(self) -> None:
-        if self.created:
-            dist.destroy_process_group()
+        group.close()
 
 
 @dataclass(frozen=True)
@@ -185,7 +152,7 @@ class Tally:
         self.draws += torch.bincount(labels, minlength=len(self.draws))
         self.interval_steps += 1
 
-    def reduce(self, ctx: Dist) -> None:
+    def reduce(self, ctx: ProcessGroup) -> None:
         self.loss, self.draws = ctx.sum(self.loss), ctx.sum(self.draws)
         if ctx.rank != 0:
             self.loss.zero_()
@@ -211,11 +178,11 @@ class Tally:
 class RoundTraining:
     """Everything one rank needs for one round: sampler, step plan, model, optimisers."""
 
-    def __init__(self, ctx: Dist, shards: list[ShardInfo], labels_dir: Path, out_dir: Path,
+    def __init__(self, ctx: ProcessGroup, shards: list[ShardInfo], labels_dir: Path, out_dir: Path,
                  config: dict):
         self.t0 = time.perf_counter()
         self.ctx, self.out_dir = ctx, out_dir
-        self.ckpt_path = out_dir / "ckpt" / "last.pt"
+        self.ckpt_path = out_dir / outputs.CHECKPOINT
         self.k = _checked_k(shards, labels_dir)
         ckpt = _load_checkpoint(self.ckpt_path)
         if ckpt is not None:
@@ -226,6 +193,7 @@ class RoundTraining:
         self.sizes = ctx.sum(torch.from_numpy(cluster_sizes(mine, labels_dir, self.k))).numpy()
         self.sampler = BalancedSampler(
             shards, labels_dir, self.sizes, reassign=config["reassign"], seed=config["seed"],
+            round_index=config["round"],
             rank=ctx.rank, world=ctx.world, streams=config["streams"],
             interleave=config["interleave"], window=config["window"])
         self.lengths = self.sampler.stream_lengths()
@@ -242,12 +210,12 @@ class RoundTraining:
     def _model_and_optimisers(self, fresh: bool):
         c = self.config
         if c["model_path"] is None:
-            model = build_model(c["arch"], sobel=c["sobel"], input_size=c["input_size"],
-                                width=c["width"], seed=c["init_seed"])
+            model = random_init(ModelSpec.from_meta(c), c["seed"])
         else:
             model, meta = load_model(c["model_path"])
             _check_model_matches(meta, c)
-        model.replace_top(self.k, torch.Generator().manual_seed(derived_seed(c["seed"], _TOP)))
+        top_seed = seeds.int_seed(c["seed"], c["round"], Domain.TOP_INIT)
+        model.replace_top(self.k, torch.Generator().manual_seed(top_seed))
         model.to(self.ctx.device).train()
         body = torch.optim.SGD(model.body_parameters(), lr=c["lr"], momentum=c["momentum"],
                                weight_decay=c["weight_decay"])
@@ -308,7 +276,7 @@ class RoundTraining:
             t = time.perf_counter()
             images, labels = batches.take(plan.batch(ctx.rank, i))
             waited += time.perf_counter() - t
-            torch.manual_seed(derived_seed(c["seed"], _DROPOUT, i, ctx.rank))
+            torch.manual_seed(seeds.int_seed(c["seed"], c["round"], Domain.DROPOUT, i, ctx.rank))
             loss = train_step(net, (self.body_opt, self.top_opt),
                               images.to(ctx.device, non_blocking=True),
                               labels.to(ctx.device, non_blocking=True),
@@ -350,13 +318,12 @@ class RoundTraining:
         self.tally.draws = self.ctx.sum(self.tally.draws)  # rank 0 holds the sum, others zeros
         record = self._record(first, timing)
         if self.ctx.rank == 0:
-            save_model(self.out_dir / "model.pt", self.model,
+            save_model(self.out_dir / outputs.MODEL, self.model,
                        {"k": self.k, "round": self.config["round"], "train_seed": self.config["seed"],
                         "steps": self.plan.steps})
-            _save(self.out_dir / "optim_body.pt", self.body_opt.state_dict())
-            atomic_write_json(self.out_dir / "train.json", record)
-        if self.ctx.world > 1:
-            dist.barrier()
+            _save(self.out_dir / outputs.BODY_OPTIMISER, self.body_opt.state_dict())
+            atomic_write_json(self.out_dir / outputs.RECORD, record)
+        self.ctx.barrier()
         return record
 
     def _record(self, first: int, timing: dict) -> dict:
@@ -399,14 +366,14 @@ def _check_same_config(saved: dict, config: dict, path: Path) -> None:
     changed = sorted(k for k in set(saved) | set(config)
                      if k not in PATHS and saved.get(k) != config.get(k))
     if changed:
-        raise ValueError(f"{path} was written with other settings ({', '.join(changed)}); "
+        raise SettingsError(f"{path} was written with other settings ({', '.join(changed)}); "
                          "run with the same settings or delete the ckpt folder to start over")
 
 
 def _check_model_matches(meta: dict, config: dict) -> None:
     for key in ("arch", "sobel", "input_size"):
         if meta[key] != config[key]:
-            raise ValueError(f"{config['model_path']} has {key}={meta[key]!r}, "
+            raise SettingsError(f"{config['model_path']} has {key}={meta[key]!r}, "
                              f"the round is configured with {config[key]!r}")
 
 
@@ -421,7 +388,7 @@ def _load_body_optimiser(body: torch.optim.SGD, config: dict) -> None:
                 raise ValueError(f"momentum of shape {tuple(buffer.shape)} for a parameter of "
                                  f"shape {tuple(param.shape)}")
     except (ValueError, KeyError) as exc:
-        raise ValueError(f"{path} does not fit this model's body parameters: {exc}") from exc
+        raise FileFormatError(f"{path} does not fit this model's body parameters: {exc}") from exc
     for group in body.param_groups:
         group.update(lr=config["lr"], momentum=config["momentum"],
                      weight_decay=config["weight_decay"])
@@ -432,7 +399,7 @@ def _load_checkpoint(path: Path) -> dict | None:
         return None
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{path}: not a dcpipe training checkpoint")
+        raise FileFormatError(f"{path}: not a dcpipe training checkpoint")
     return blob
 
 

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from dcpipe.pipeline.report import data as reportdata
+from dcpipe.pipeline.workspace import Workspace
 from dcpipe.stages.common.models import build_model
+from dcpipe.stages.common.modelspec import ModelSpec
 from support.labelled_shards import PALETTE, make_collection, skewed_labels
 
 torch.set_num_threads(1)
@@ -64,7 +66,7 @@ def test_only_a_bounded_random_set_of_shards_is_read(tmp_path):
     found = reportdata.cluster_examples(tmp_path / "shards", labels_dir, sizes, clusters=3,
                                         per_cluster=2, seed=4, max_shards=2)
     assert sum(len(ex.examples) for ex in found) >= 4
-    models = {"m": build_model("small", input_size=32, width=8, seed=0).eval()}
+    models = {"m": build_model(ModelSpec("small", input_size=32, width=8), seed=0).eval()}
     pool = reportdata.nearest_neighbours(tmp_path / "shards", models, pool=50, queries=2, k=3,
                                          seed=4, max_shards=2)
     assert len(pool.thumbs) == 12  # the two shards' images, no more
@@ -83,8 +85,8 @@ def test_neighbours_leave_the_query_out_and_rank_by_cosine():
 
 def test_nearest_neighbours_of_two_models_on_a_subset(planted):
     root, _, _ = planted
-    models = {"a": build_model("small", input_size=32, width=8, seed=0).eval(),
-              "b": build_model("small", input_size=32, width=8, seed=1).eval()}
+    models = {"a": build_model(ModelSpec("small", input_size=32, width=8), seed=0).eval(),
+              "b": build_model(ModelSpec("small", input_size=32, width=8), seed=1).eval()}
     found = reportdata.nearest_neighbours(root / "shards", models, pool=20, queries=3, k=4,
                                           seed=0)
     assert found.thumbs.shape == (20, 32, 32, 3) and found.thumbs.dtype == np.uint8
@@ -95,7 +97,7 @@ def test_nearest_neighbours_of_two_models_on_a_subset(planted):
 
 
 def test_sobel_filters_are_shown_as_the_grey_filter_they_amount_to():
-    model = build_model("small", input_size=32, width=8, seed=0).eval()
+    model = build_model(ModelSpec("small", input_size=32, width=8), seed=0).eval()
     filters = reportdata.first_layer_filters(model)
     assert filters.shape == (8, 5, 5, 1) and filters.min() == 0 and filters.max() == 1
     # the composed kernel applied to a grey image equals Sobel then conv1 (away from borders)
@@ -111,7 +113,7 @@ def test_sobel_filters_are_shown_as_the_grey_filter_they_amount_to():
 
 
 def test_rgb_filters_keep_their_colour():
-    model = build_model("small", input_size=32, width=8, sobel=False, seed=0)
+    model = build_model(ModelSpec("small", input_size=32, width=8, sobel=False), seed=0)
     assert reportdata.first_layer_filters(model).shape == (8, 3, 3, 3)
 
 
@@ -120,9 +122,9 @@ def test_rounds_are_read_with_whatever_records_they_have(tmp_path):
     (tmp_path / "rounds" / "0001").mkdir()
     (tmp_path / "rounds" / "0000" / "clusters.json").write_text('{"k": 3}')
     (tmp_path / "rounds" / "0001" / "eval.json").write_text("{broken")
-    records = reportdata.read_rounds(tmp_path)
+    records = reportdata.read_rounds(Workspace(tmp_path))
     assert [r.round for r in records] == [0, 1]
     assert records[0].clusters == {"k": 3} and records[1].eval is None
     assert not records[0].has_labels and records[0].model_path is None
-    assert [r.round for r in reportdata.read_rounds(tmp_path, rounds=[1])] == [1]
-    assert reportdata.read_rounds(tmp_path / "nothing") == []
+    assert [r.round for r in reportdata.read_rounds(Workspace(tmp_path), rounds=[1])] == [1]
+    assert reportdata.read_rounds(Workspace(tmp_path / "nothing")) == []

@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+from dcpipe.pipeline import config as configuration
 from dcpipe.pipeline import rounds
 from dcpipe.pipeline.workspace import Workspace
-from dcpipe.stages.evaluate.stage import evaluate
+from dcpipe.stages.evaluate import EvalSettings, evaluate
 from dcpipe.pipeline.report.page import report
 from support.sample_shards import make_collection
 
@@ -49,18 +50,16 @@ def workspace(tmp_path_factory):
     ws = Workspace.at(tmp_path_factory.mktemp("ws"))
     ws.init_config()
     make_collection(ws.shards_dir, 2, 16, seed=1)
-    config = ws.config()
-    config["cluster"]["k"] = 3
-    for step in ("extract", "train"):
-        config[step].update(workers=0, batch_size=16)
+    small = {"workers": 0, "batch_size": 16}
+    config = configuration.with_changes(ws.config(), {"cluster": {"k": 3}, "extract": small,
+                                                      "train": small}, "test")
     rounds.run(ws, 2, config, progress=False, log=lambda message: None)
-    small = dict(protocols=("kmeans",), workers=0, batch_size=16)
-    trained = evaluate(ws.shards_dir, ws.shards_dir, model_path=ws.round_dir(1) / "model.pt",
-                       **small)
-    baseline = evaluate(ws.shards_dir, ws.shards_dir, **small)
-    (ws.round_dir(1) / "eval.json").write_text(json.dumps({"round 1": trained,
-                                                           "random init": baseline}))
-    return ws.root
+    kmeans_only = EvalSettings(protocols=("kmeans",), **small)
+    trained = evaluate(ws.shards_dir, ws.shards_dir, settings=kmeans_only,
+                       model_path=ws.round(1).model)
+    baseline = evaluate(ws.shards_dir, ws.shards_dir, settings=kmeans_only)
+    ws.round(1).eval_record.write_text(json.dumps({"round 1": trained, "random init": baseline}))
+    return ws
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +128,13 @@ def test_chromium_loads_every_image_and_draws_the_plots(page, tmp_path):
 
 
 def test_missing_parts_are_explained(tmp_path):
-    empty = report(tmp_path / "empty", tmp_path / "out_empty")
+    empty = report(Workspace(tmp_path / "empty"), tmp_path / "out_empty")
     assert "No rounds in this workspace yet" in empty.read_text()
     ws = tmp_path / "ws"
     (ws / "rounds" / "0000").mkdir(parents=True)
     (ws / "rounds" / "0000" / "clusters.json").write_text(json.dumps(
         {"k": 4, "n_samples": 10, "nmi_true": None, "nmi_prev": None}))
-    text = report(ws, tmp_path / "out").read_text()
+    text = report(Workspace(ws), tmp_path / "out").read_text()
     for note in ("carry no true labels", "needs two clustered rounds", "No round has been "
                  "trained yet", "No round has labels yet", "No trained model yet",
                  "No eval.json"):

@@ -10,14 +10,22 @@ import faiss
 import numpy as np
 import pytest
 
-from dcpipe.stages.common import metrics
-from dcpipe.stages.cluster.stage import cluster
+from dcpipe.stages.common import metrics, seeds
+from dcpipe.stages.cluster import ClusterSettings, cluster
+from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.common.labels import LabelsError, label_lookup, load_labels, read_index
 from dcpipe.stages.common.whitening import WhiteningPCA
 from dcpipe.stages.common.featurereader import StoreError
 from support.featurestores import blobs, make_store
 
 QUIET = {"progress": False}
+RUN_OPTIONS = ("seed", "round_index", "prev_labels_dir", "chunk_rows", "progress")
+
+
+def run_cluster(store, out, **options):
+    """The stage with its settings given as keywords, like the tests' tables of cases."""
+    run = {k: options.pop(k) for k in RUN_OPTIONS if k in options}
+    return cluster(store, out, ClusterSettings(**options), **run)
 
 
 def all_labels(labels_dir, names) -> np.ndarray:
@@ -42,7 +50,7 @@ def blob_store(tmp_path_factory):
 
 def test_every_valid_sample_gets_exactly_one_label(blob_store, tmp_path):
     path, _, blob, valid = blob_store
-    record = cluster(path, tmp_path / "0004", k=16, seed=1, pca_dim=16, **QUIET)
+    record = run_cluster(path, tmp_path / "0004", k=16, seed=1, pca_dim=16, round_index=4, **QUIET)
     index = read_index(tmp_path / "0004" / "labels")
     assert [s["count"] for s in index["shards"]] == [500, 300, 400]
     assert index["k"] == 16 and index["round"] == 4 and index["n_labelled"] == valid.sum()
@@ -64,7 +72,7 @@ def test_every_valid_sample_gets_exactly_one_label(blob_store, tmp_path):
 
 def test_final_objective_matches_the_saved_pca_centroids_and_labels(blob_store, tmp_path):
     path, x, _, valid = blob_store
-    record = cluster(path, tmp_path, k=16, seed=2, pca_dim=16, **QUIET)
+    record = run_cluster(path, tmp_path, k=16, seed=2, pca_dim=16, **QUIET)
     pca = WhiteningPCA.load(tmp_path / "pca.npz")
     centroids = np.load(tmp_path / "centroids.npy")
     labels = all_labels(tmp_path / "labels", ["000000", "000001", "000002"])
@@ -76,7 +84,7 @@ def test_final_objective_matches_the_saved_pca_centroids_and_labels(blob_store, 
 def test_labels_are_deterministic_for_a_seed(blob_store, tmp_path):
     path = blob_store[0]
     names = ["000000", "000001", "000002"]
-    runs = [cluster(path, tmp_path / str(i), k=16, seed=s, pca_dim=16, sample_size=600, **QUIET)
+    runs = [run_cluster(path, tmp_path / str(i), k=16, seed=s, pca_dim=16, sample_size=600, **QUIET)
             for i, s in enumerate([5, 5, 6])]
     first, again, other = (all_labels(tmp_path / str(i) / "labels", names) for i in range(3))
     assert np.array_equal(first, again)
@@ -89,7 +97,7 @@ def test_read_block_size_does_not_change_labels_and_equals_the_in_memory_path(bl
     path, x, _, valid = blob_store
     names = ["000000", "000001", "000002"]
     for rows in (64, 192, 100_000):
-        cluster(path, tmp_path / str(rows), k=12, seed=3, pca_dim=16, chunk_rows=rows, **QUIET)
+        run_cluster(path, tmp_path / str(rows), k=12, seed=3, pca_dim=16, chunk_rows=rows, **QUIET)
     streamed = [all_labels(tmp_path / str(rows) / "labels", names) for rows in (64, 192, 100_000)]
     assert np.array_equal(streamed[0], streamed[1]) and np.array_equal(streamed[0], streamed[2])
     # the authors' way, all in RAM: PCA-whitening of every feature, k-means on all, assign all
@@ -98,7 +106,8 @@ def test_read_block_size_does_not_change_labels_and_equals_the_in_memory_path(bl
     matrix = (vectors[:, ::-1][:, :16] / np.sqrt(eigenvalues[::-1][:16])).astype(np.float32)
     y = (feats - feats.mean(axis=0)).astype(np.float32) @ matrix
     y /= np.linalg.norm(y, axis=1, keepdims=True)
-    km = faiss.Kmeans(16, 12, niter=20, seed=3, max_points_per_centroid=10**7)
+    faiss_seed = seeds.int_seed(3, 0, Domain.KMEANS, bits=31)  # the stage's faiss seed for seed 3
+    km = faiss.Kmeans(16, 12, niter=20, seed=faiss_seed, max_points_per_centroid=10**7)
     km.train(y)
     in_memory = km.index.search(y, 1)[1][:, 0]
     assert metrics.ari(streamed[0][valid], in_memory) == pytest.approx(1.0)
@@ -108,7 +117,7 @@ def test_a_sample_smaller_than_the_store_still_labels_every_row(blob_store, tmp_
     path, _, _, valid = blob_store
     names = ["000000", "000001", "000002"]
     for rows in (64, 100_000):
-        record = cluster(path, tmp_path / str(rows), k=8, seed=4, pca_dim=16, sample_size=250,
+        record = run_cluster(path, tmp_path / str(rows), k=8, seed=4, pca_dim=16, sample_size=250,
                          chunk_rows=rows, **QUIET)
         assert record["sample_size"] == 250 and not record["sample_is_everything"]
     small, large = (all_labels(tmp_path / str(rows) / "labels", names) for rows in (64, 100_000))
@@ -119,7 +128,7 @@ def test_a_sample_smaller_than_the_store_still_labels_every_row(blob_store, tmp_
 def test_pca_statistics_come_from_at_most_1000_rows_per_dimension(tmp_path):
     x, blob = blobs(3000, 2, 3, seed=4, spread=0.5)
     path = make_store(tmp_path / "f.zarr", x, [1500, 1500], 256, true_labels=blob)
-    record = cluster(path, tmp_path / "out", k=3, seed=0, **QUIET)
+    record = run_cluster(path, tmp_path / "out", k=3, seed=0, **QUIET)
     assert (record["pca_dim"], record["pca_rows"], record["sample_size"]) == (2, 2000, 3000)
     assert record["nmi_true"] > 0.8
 
@@ -128,7 +137,7 @@ def test_no_empty_cluster_even_with_duplicated_points_and_large_k(tmp_path):
     base = np.random.default_rng(0).standard_normal((30, 16))
     x = np.repeat(base, 5, axis=0)  # 150 samples at only 30 distinct points
     path = make_store(tmp_path / "f.zarr", x, [80, 70], 16, dtype="float32")
-    record = cluster(path, tmp_path / "out", k=100, seed=3, pca_dim=16, **QUIET)
+    record = run_cluster(path, tmp_path / "out", k=100, seed=3, pca_dim=16, **QUIET)
     labels = all_labels(tmp_path / "out" / "labels", ["000000", "000001"])
     assert record["empty_before_fix"] >= 70  # 30 places for 100 clusters
     assert np.bincount(labels, minlength=100).min() == 1 and labels.max() == 99
@@ -141,27 +150,27 @@ def test_no_empty_cluster_even_with_duplicated_points_and_large_k(tmp_path):
 def test_k_larger_than_the_number_of_samples_is_refused(blob_store, tmp_path):
     path, _, _, valid = blob_store
     n = int(valid.sum())
-    cluster(path, tmp_path, k=4, seed=0, pca_dim=8, **QUIET)
+    run_cluster(path, tmp_path, k=4, seed=0, pca_dim=8, **QUIET)
     with pytest.raises(ValueError, match=f"k={n + 1} .* N={n}"):
-        cluster(path, tmp_path, k=n + 1, seed=0, **QUIET)
+        run_cluster(path, tmp_path, k=n + 1, seed=0, **QUIET)
     assert (tmp_path / "clusters.json").exists()  # a refused run leaves the round as it was
     assert read_index(tmp_path / "labels")["k"] == 4
     with pytest.raises(ValueError, match="smaller than k"):
-        cluster(path, tmp_path, k=50, seed=0, sample_size=20, **QUIET)
+        run_cluster(path, tmp_path, k=50, seed=0, sample_size=20, **QUIET)
 
 
 def test_bad_stores_are_refused(tmp_path):
     with pytest.raises(StoreError, match="no feature store"):
-        cluster(tmp_path / "missing.zarr", tmp_path, k=2, seed=0, **QUIET)
+        run_cluster(tmp_path / "missing.zarr", tmp_path, k=2, seed=0, **QUIET)
     x, _ = blobs(40, 8, 2)
     x[7, 3] = np.nan
     path = make_store(tmp_path / "nan.zarr", x, [40], 16, dtype="float32")
     with pytest.raises(StoreError, match="non-finite"):
-        cluster(path, tmp_path, k=2, seed=0, **QUIET)
+        run_cluster(path, tmp_path, k=2, seed=0, **QUIET)
     import zarr
     zarr.open_group(path, mode="r+").attrs["complete"] = False
     with pytest.raises(StoreError, match="incomplete"):
-        cluster(path, tmp_path, k=2, seed=0, **QUIET)
+        run_cluster(path, tmp_path, k=2, seed=0, **QUIET)
 
 
 def test_nmi_against_the_previous_round_matches_by_shard_and_key(tmp_path):
@@ -169,8 +178,8 @@ def test_nmi_against_the_previous_round_matches_by_shard_and_key(tmp_path):
     make_store(tmp_path / "r0.zarr", x[:400], [200, 200], 32, shard_names=["a0", "a1"])
     # round 1: the collection grew by a shard, and its rows are in another store layout
     make_store(tmp_path / "r1.zarr", x, [200, 200, 200], 64, shard_names=["a0", "a1", "a2"])
-    cluster(tmp_path / "r0.zarr", tmp_path / "0000", k=6, seed=1, pca_dim=8, **QUIET)
-    record = cluster(tmp_path / "r1.zarr", tmp_path / "0001", k=6, seed=2, pca_dim=8,
+    run_cluster(tmp_path / "r0.zarr", tmp_path / "0000", k=6, seed=1, pca_dim=8, **QUIET)
+    record = run_cluster(tmp_path / "r1.zarr", tmp_path / "0001", k=6, seed=2, pca_dim=8,
                      prev_labels_dir=tmp_path / "0000" / "labels", **QUIET)
     prev = all_labels(tmp_path / "0000" / "labels", ["a0", "a1"])
     now = all_labels(tmp_path / "0001" / "labels", ["a0", "a1"])
@@ -186,7 +195,7 @@ def test_nmi_against_the_previous_round_matches_by_shard_and_key(tmp_path):
 def test_pic_recovers_well_separated_blobs(tmp_path):
     x, blob = blobs(900, 16, 4, seed=5, spread=0.3, scale=5.0)
     path = make_store(tmp_path / "f.zarr", x, [450, 450], 64, true_labels=blob)
-    record = cluster(path, tmp_path / "out", k=4, seed=0, pca_dim=8, method="pic",
+    record = run_cluster(path, tmp_path / "out", k=4, seed=0, pca_dim=8, method="pic",
                      sample_size=600, **QUIET)
     labels = all_labels(tmp_path / "out" / "labels", ["000000", "000001"])
     assert (labels >= 0).all() and record["k"] == labels.max() + 1 >= 4
@@ -199,8 +208,8 @@ def test_pic_recovers_well_separated_blobs(tmp_path):
 
 RUN = """
 import sys
-from dcpipe.stages.cluster.stage import cluster
-cluster(sys.argv[1], sys.argv[2], k=20, seed=11, pca_dim=8, progress=False)
+from dcpipe.stages.cluster import ClusterSettings, cluster
+cluster(sys.argv[1], sys.argv[2], ClusterSettings(k=20, pca_dim=8), seed=11, progress=False)
 """
 
 
@@ -209,7 +218,7 @@ def test_sigkill_while_writing_labels_then_rerun_gives_the_same_labels(tmp_path)
     counts = [4] * 300  # many small shards: writing the label index takes a while
     path = make_store(tmp_path / "f.zarr", x, counts, 4)
     names = [f"{s:06d}" for s in range(300)]
-    cluster(path, tmp_path / "whole", k=20, seed=11, pca_dim=8, **QUIET)
+    run_cluster(path, tmp_path / "whole", k=20, seed=11, pca_dim=8, **QUIET)
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", RUN, str(path), str(out)])
     deadline = time.monotonic() + 60
@@ -220,7 +229,7 @@ def test_sigkill_while_writing_labels_then_rerun_gives_the_same_labels(tmp_path)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (out / "labels").exists() and not (out / "clusters.json").exists()
-    cluster(path, out, k=20, seed=11, pca_dim=8, **QUIET)
+    run_cluster(path, out, k=20, seed=11, pca_dim=8, **QUIET)
     assert np.array_equal(all_labels(out / "labels", names), all_labels(tmp_path / "whole" / "labels", names))
     assert not (out / ".labels.partial").exists()
     assert np.array_equal(np.load(out / "centroids.npy"), np.load(tmp_path / "whole" / "centroids.npy"))
@@ -228,7 +237,7 @@ def test_sigkill_while_writing_labels_then_rerun_gives_the_same_labels(tmp_path)
 
 def test_refine_passes_are_lloyd_iterations_over_every_row(blob_store, tmp_path):
     path, x, _, valid = blob_store
-    runs = {p: cluster(path, tmp_path / str(p), k=16, seed=7, pca_dim=16, sample_size=200,
+    runs = {p: run_cluster(path, tmp_path / str(p), k=16, seed=7, pca_dim=16, sample_size=200,
                        refine_passes=p, **QUIET) for p in (0, 1, 3)}
     assert [runs[p]["refine_passes"] for p in (0, 1, 3)] == [0, 1, 3]
     pca = WhiteningPCA.load(tmp_path / "0" / "pca.npz")
@@ -248,8 +257,8 @@ def test_refine_passes_are_lloyd_iterations_over_every_row(blob_store, tmp_path)
 
 
 def test_no_refine_pass_when_the_sample_is_every_row(blob_store, tmp_path):
-    record = cluster(blob_store[0], tmp_path, k=8, seed=1, pca_dim=16, refine_passes=2, **QUIET)
+    record = run_cluster(blob_store[0], tmp_path, k=8, seed=1, pca_dim=16, refine_passes=2, **QUIET)
     assert record["sample_is_everything"] and record["refine_passes"] == 0
     assert record["objective_refine"] == []
     with pytest.raises(ValueError, match="refine_passes"):
-        cluster(blob_store[0], tmp_path / "bad", k=8, seed=1, refine_passes=-1, **QUIET)
+        run_cluster(blob_store[0], tmp_path / "bad", k=8, seed=1, refine_passes=-1, **QUIET)

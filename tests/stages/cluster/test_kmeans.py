@@ -74,9 +74,10 @@ def test_training_records_faiss_iterations_and_gpu_switch_degrades_to_cpu():
     centroids, iterations = kmeans.train_kmeans(x, 5, niter=6, seed=1, ngpu=kmeans.gpu_count("auto"))
     assert centroids.shape == (5, 8) and 1 <= len(iterations) <= 6
     assert iterations[0]["obj_mean"] == pytest.approx(iterations[0]["obj"] / 500)
-    assert kmeans.gpu_count(False) == 0
+    assert kmeans.gpu_count("no") == 0
+    assert kmeans.gpu_count("yes") == kmeans.gpu_count("auto")  # no GPU: yes warns, runs on CPU
     with pytest.raises(ValueError, match="use_gpu"):
-        kmeans.gpu_count("yes")
+        kmeans.gpu_count("maybe")
     labels, dist = kmeans.nearest(kmeans.flat_index(centroids, 0), x)
     assert labels.dtype == np.int32
     assert np.allclose(dist, ((x - centroids[labels]) ** 2).sum(axis=1), atol=1e-4)

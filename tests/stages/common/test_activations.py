@@ -5,13 +5,14 @@ import torch
 
 from dcpipe.stages.common.activations import PENULTIMATE, Tap, parse_layers, pooled_side
 from dcpipe.stages.common.models import build_model
+from dcpipe.stages.common.modelspec import ModelSpec
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model("small", input_size=32, width=8, seed=0).eval()
+    return build_model(ModelSpec("small", input_size=32, width=8), seed=0).eval()
 
 
 def test_pooled_side_is_closest_to_the_budget():
@@ -46,5 +47,5 @@ def test_tap_gives_the_models_own_activations_in_one_pass(model):
 
 def test_tap_budget_defaults_by_architecture(model):
     assert Tap(model, [PENULTIMATE]).budget == 2048
-    alexnet = build_model("alexnet", input_size=64, seed=0)
+    alexnet = build_model(ModelSpec("alexnet", input_size=64), seed=0)
     assert Tap(alexnet, [PENULTIMATE]).budget == 9216

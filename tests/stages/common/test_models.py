@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.common.models import (build_model, eval_crop, eval_transform, load_model, make_sobel,
-                                  normalize_batch, save_model, train_transform)
+                                        normalize_batch, save_model, train_transform)
 
 torch.set_num_threads(1)
 
@@ -27,7 +28,7 @@ def test_sobel_front_end_is_fixed_grey_then_sobel_and_frozen():
 
 
 def test_sobel_stays_frozen_and_body_parameters_exclude_it():
-    model = build_model("small", input_size=32, num_classes=5, seed=0)
+    model = build_model(ModelSpec("small", input_size=32), num_classes=5, seed=0)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith("sobel.") for n in names)
     assert len(model.body_parameters()) == len([n for n in names if not n.startswith("top.")])
@@ -37,7 +38,7 @@ def test_sobel_stays_frozen_and_body_parameters_exclude_it():
     ("small", 32, 1024, 5), ("small", 64, 1024, 5), ("alexnet", 64, 4096, 5),
     ("vgg16", 32, 4096, 13)])
 def test_output_shapes(arch, size, dim, convs):
-    model = build_model(arch, input_size=size, num_classes=7, seed=0).eval()
+    model = build_model(ModelSpec(arch, input_size=size), num_classes=7, seed=0).eval()
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         assert model.embed(x).shape == (2, dim) and model.feature_dim == dim
@@ -46,7 +47,7 @@ def test_output_shapes(arch, size, dim, convs):
 
 
 def test_paper_sizes_alexnet_224_has_256x6x6_fc_input():
-    model = build_model("alexnet")
+    model = build_model(ModelSpec("alexnet", input_size=224))
     assert model.config["input_size"] == 224
     assert model.classifier[1].in_features == 256 * 6 * 6
     assert [type(m).__name__ for m in model.classifier] == [
@@ -58,12 +59,12 @@ def test_paper_sizes_alexnet_224_has_256x6x6_fc_input():
 
 
 def test_rgb_option_takes_three_channels():
-    model = build_model("small", sobel=False, input_size=32, seed=0)
+    model = build_model(ModelSpec("small", sobel=False, input_size=32), seed=0)
     assert model.sobel is None and model.features[0][0].in_channels == 3
 
 
 def test_init_statistics_follow_the_reference():
-    model = build_model("small", input_size=32, num_classes=10, seed=0, width=32)
+    model = build_model(ModelSpec("small", input_size=32, width=32), num_classes=10, seed=0)
     conv = model.features[2][0]  # 32 -> 64 channels, 3x3
     expected = np.sqrt(2 / (3 * 3 * conv.out_channels))
     assert conv.weight.std().item() == pytest.approx(expected, rel=0.05)
@@ -80,17 +81,17 @@ def test_same_seed_same_weights_and_global_rng_untouched():
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = build_model("small", input_size=32, seed=4, width=16)
+    a = build_model(ModelSpec("small", input_size=32, width=16), seed=4)
     assert torch.rand(1) == before
-    b = build_model("small", input_size=32, seed=4, width=16)
-    c = build_model("small", input_size=32, seed=5, width=16)
+    b = build_model(ModelSpec("small", input_size=32, width=16), seed=4)
+    c = build_model(ModelSpec("small", input_size=32, width=16), seed=5)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["classifier.1.weight"], sc["classifier.1.weight"])
 
 
 def test_embed_is_the_penultimate_fc_before_its_relu():
-    model = build_model("small", input_size=32, num_classes=3, seed=0, width=16).eval()
+    model = build_model(ModelSpec("small", input_size=32, width=16), num_classes=3, seed=0).eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         embedded = model.embed(x)
@@ -100,7 +101,7 @@ def test_embed_is_the_penultimate_fc_before_its_relu():
 
 
 def test_replace_top_gives_a_fresh_layer_of_k_outputs():
-    model = build_model("small", input_size=32, num_classes=3, seed=0, width=16)
+    model = build_model(ModelSpec("small", input_size=32, width=16), num_classes=3, seed=0)
     old = model.top
     top = model.replace_top(50, torch.Generator().manual_seed(1))
     assert model.top is top and top is not old and top.out_features == 50
@@ -111,7 +112,7 @@ def test_replace_top_gives_a_fresh_layer_of_k_outputs():
 
 
 def test_save_load_round_trip_reproduces_embed_exactly(tmp_path):
-    model = build_model("small", input_size=48, num_classes=6, seed=3, width=16)
+    model = build_model(ModelSpec("small", input_size=48, width=16), num_classes=6, seed=3)
     model.train()
     model(torch.randn(8, 3, 48, 48))  # moves BN running stats away from their init
     model.eval()

@@ -10,6 +10,7 @@ import zarr
 from dcpipe.shards.reader import iter_shard, list_shards
 from dcpipe.stages.evaluate.embed import embed
 from dcpipe.stages.common.models import build_model, eval_transform, save_model
+from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.common.images import open_rgb
 from support.sample_shards import make_collection
 
@@ -26,7 +27,7 @@ def shards(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model(path, build_model("small", input_size=32, width=8, seed=1), {"round": 2})
+    save_model(path, build_model(ModelSpec("small", input_size=32, width=8), seed=1), {"round": 2})
     return path
 
 
@@ -35,7 +36,7 @@ def test_npy_rows_are_the_models_features_in_source_order(shards, model_path, tm
     summary = embed(shards, out, model_path=model_path, batch_size=4, workers=0)
     features = np.load(out, allow_pickle=False)
     samples = [s for info in list_shards(shards) for s in iter_shard(info.path)]
-    model = build_model("small", input_size=32, width=8, seed=1).eval()
+    model = build_model(ModelSpec("small", input_size=32, width=8), seed=1).eval()
     images = torch.stack([eval_transform(32)(open_rgb(s.image)) for s in samples])
     with torch.no_grad():
         expected = model.embed(images).numpy()

@@ -9,11 +9,16 @@ import pytest
 import torch
 
 from dcpipe.shards.reader import iter_shard, list_shards
-from dcpipe.stages.evaluate.stage import compare_random, evaluate
+from dcpipe.stages.evaluate import EvalSettings
+from dcpipe.stages.evaluate import stage
 from dcpipe.stages.common.models import build_model, save_model
+from dcpipe.stages.common.modelspec import ModelSpec
 from support.sample_shards import make_collection
+from support.settings import with_settings
 
 torch.set_num_threads(1)
+evaluate = with_settings(stage.evaluate, ModelSpec, EvalSettings)
+compare_random = with_settings(stage.compare_random, EvalSettings)
 TINY = {"width": 8, "probe_dims": 256, "workers": 0, "batch_size": 16}
 
 
@@ -95,19 +100,18 @@ def test_max_train_draws_from_every_class_of_a_class_ordered_folder(sets, tmp_pa
 
 
 def test_a_saved_model_is_evaluated_with_its_own_architecture(sets, tmp_path):
-    path = tmp_path / "rounds" / "0004" / "model.pt"
-    path.parent.mkdir(parents=True)
-    save_model(path, build_model("small", input_size=32, width=8, seed=3))
+    path = tmp_path / "model.pt"
+    save_model(path, build_model(ModelSpec("small", input_size=32, width=8), seed=3), {"round": 4})
     result = evaluate(sets / "train", sets / "test", model_path=path, protocols=("knn",),
                       arch="alexnet", workers=0)
-    # the round comes from the workspace layout when the checkpoint does not record it
+    # the checkpoint says which round and network it is, whatever the caller's spec
     assert result["model"]["round"] == 4 and result["model"]["width"] == 8
     assert not result["model"]["random_init"]
 
 
 def test_compare_random_evaluates_a_like_random_init_on_the_same_images(sets, tmp_path):
     path = tmp_path / "model.pt"
-    save_model(path, build_model("small", input_size=32, width=8, seed=3), {"round": 2})
+    save_model(path, build_model(ModelSpec("small", input_size=32, width=8), seed=3), {"round": 2})
     both = compare_random(sets / "train", sets / "test", model_path=path, seed=7,
                           protocols=("knn",), max_train=30, workers=0)
     (trained_label, trained), (random_label, baseline) = both.items()

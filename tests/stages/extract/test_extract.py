@@ -18,10 +18,13 @@ from dcpipe.shards.manifest import add_entry
 from dcpipe.shards.naming import make_key
 from dcpipe.shards.reader import iter_shard, list_shards
 from dcpipe.shards.writer import ShardWriter
+from dcpipe.stages.extract import ExtractSettings
 from dcpipe.stages.extract.stage import StoreMismatch, extract
 from dcpipe.stages.common.featurestore import open_store
 from dcpipe.stages.common.images import open_rgb
-from dcpipe.stages.common.models import build_model, eval_transform, save_model
+from dcpipe.stages.common.models import build_model, eval_transform, random_init, save_model
+from dcpipe.stages.common.modelspec import ModelSpec
+from support.settings import pop_settings
 from support.sample_shards import make_collection, synthetic_jpeg
 
 torch.set_num_threads(1)
@@ -33,8 +36,9 @@ ARRAYS = ("features", "valid", "shard", "row", "true_label", "shard_offset", "sh
 
 
 def _run(shards, store, **overrides):
-    return extract(shards, store, **{**OPTIONS, "batch_size": 8, "chunk_rows": 16,
-                                     "workers": 0, **overrides})
+    options = {**OPTIONS, "batch_size": 8, "chunk_rows": 16, "workers": 0, **overrides}
+    return extract(shards, store, pop_settings(ModelSpec, options),
+                   pop_settings(ExtractSettings, options), **options)
 
 
 def _child(shards_dir, store, **overrides):
@@ -64,7 +68,7 @@ def test_store_rows_keys_and_ranges_match_the_shards(tmp_path):
     assert store.shard_count.tolist() == [21, 0, 13]
     assert store.shard_offset.tolist() == [0, 32, 32]  # blocks start on chunk boundaries
     assert store.n_rows == 48 and store.group["features"].chunks == (16, 256)
-    model = build_model("small", width=16, input_size=32, seed=7).eval()
+    model = random_init(ModelSpec("small", width=16, input_size=32), 7).eval()  # round 0, seed 7
     transform = eval_transform(32)
     for s, info in enumerate(shards):
         samples = list(iter_shard(info.path))
@@ -154,11 +158,11 @@ def test_rerun_skips_done_shards_and_refuses_a_different_model(tmp_path):
 
 def test_a_saved_model_gives_the_features_of_the_model_it_saved(tmp_path):
     shards = make_collection(tmp_path / "shards", 2, 5)
-    model = build_model("small", width=16, input_size=32, seed=7, num_classes=4)
+    model = random_init(ModelSpec("small", width=16, input_size=32), 7, num_classes=4)
     save_model(tmp_path / "model.pt", model, {"round": 0})
     _run(shards, tmp_path / "init.zarr")
     _run(shards, tmp_path / "loaded.zarr", model_path=tmp_path / "model.pt", seed=None,
-         arch="alexnet", input_size=99)  # ignored: the checkpoint says what the model is
+         arch="vgg16", width=0, input_size=99)  # ignored: the checkpoint says what the model is
     init, loaded = open_store(tmp_path / "init.zarr"), open_store(tmp_path / "loaded.zarr")
     assert np.array_equal(init.group["features"][:], loaded.group["features"][:])
     assert loaded.attrs["model"]["source"] == str(tmp_path / "model.pt")

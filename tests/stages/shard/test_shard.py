@@ -4,14 +4,18 @@ import subprocess
 import pytest
 import webdataset as wds
 from support.imagefiles import photo
+from support.settings import with_settings
 from support.imageserver import ImageServer
 from support.shard_data import collection, file_digests, hostile_rows, rejects, serve_photos, write_csv
 
 from dcpipe.shards.manifest import load_manifest
 from dcpipe.shards.naming import is_valid_key
-from dcpipe.stages.shard.stage import resolve_nodes, shard
+from dcpipe.stages.shard import ShardSettings
+from dcpipe.stages.shard import shard as shard_stage
+from dcpipe.stages.shard.stage import resolve_nodes
 from dcpipe.stages.sources.tables import SourceError
 
+shard = with_settings(shard_stage, ShardSettings)
 QUICK = {"progress": False, "timeout": 3.0, "max_bytes": 1 << 20}  # generous: CI machines are busy
 
 

@@ -5,16 +5,19 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from support.imageserver import ImageServer
 from support.shard_data import collection, file_digests, rejects, serve_photos, write_csv
 
 from dcpipe.shards.manifest import load_manifest
-from dcpipe.stages.shard.stage import shard
+from dcpipe.stages.shard import ShardSettings, shard
 
-RUN = ("import sys; from dcpipe.stages.shard.stage import shard; "
-       "shard(sys.argv[1], sys.argv[2], shard_size=4, workers=2, dedup=True, progress=False)")
+SETTINGS = ShardSettings(shard_size=4, workers=2, dedup=True)
+RUN = ("import sys; from dcpipe.stages.shard import ShardSettings, shard; "
+       "shard(sys.argv[1], sys.argv[2], ShardSettings(shard_size=4, workers=2, dedup=True), "
+       "progress=False)")
 
 
 def _live_group_members(pgid: int) -> list[int]:
@@ -61,8 +64,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
         killed, clean = tmp_path / "killed", tmp_path / "clean"
         done_at_kill = _kill_after_some_shards(src, killed)
         assert 2 <= done_at_kill < 10
-        shard(src, killed, shard_size=4, workers=2, dedup=True, progress=False)
-        shard(src, clean, shard_size=4, workers=1, dedup=True, progress=False)
+        shard(src, killed, SETTINGS, progress=False)
+        shard(src, clean, replace(SETTINGS, workers=1), progress=False)
     assert load_manifest(killed) == load_manifest(clean)
     assert collection(killed) == collection(clean) and len(collection(clean)) == 30
     assert rejects(killed) == rejects(clean)

@@ -15,10 +15,13 @@ import pytest
 import torch
 
 from dcpipe.stages.common.models import build_model, load_model
+from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
+from dcpipe.stages.train import TrainSettings
 from dcpipe.stages.train.stage import train
 
 from support.labelled_shards import make_collection
+from support.settings import pop_settings
 
 torch.set_num_threads(1)
 K = 8
@@ -27,11 +30,23 @@ OPTIONS = {"width": 4, "input_size": 32, "batch_size": 16, "loss_every": 2,
 SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[2])
+from support.settings import pop_settings
 from dcpipe.shards.reader import list_shards
-from dcpipe.stages.train.stage import train
+from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.train import TrainSettings, train
 args = json.loads(sys.argv[1])
-train(list_shards(args["shards"]), args["labels"], args["out"], **args["options"])
+options = args["options"]
+train(list_shards(args["shards"]), args["labels"], args["out"], pop_settings(ModelSpec, options),
+      pop_settings(TrainSettings, options), **options)
 """
+TESTS = str(Path(__file__).parents[2])
+
+
+def run_train(shards, labels_dir, out, **options):
+    """The stage with its model spec and settings given as one table of keywords."""
+    return train(shards, labels_dir, out, pop_settings(ModelSpec, options),
+                 pop_settings(TrainSettings, options), **options)
 
 
 def _collection(root, sizes, k=K, seed=0):
@@ -48,7 +63,7 @@ def collection(tmp_path_factory):
 @pytest.fixture(scope="module")
 def round0(collection, tmp_path_factory):
     out = tmp_path_factory.mktemp("round0")
-    return out, train(*collection, out, **OPTIONS)
+    return out, run_train(*collection, out, **OPTIONS)
 
 
 def _planned_draws(shards, labels_dir, k=K, world=1):
@@ -82,14 +97,14 @@ def test_a_round_writes_model_optimiser_and_record(collection, round0):
     assert record["timings"]["images_per_s"] > 0 and record["resumed_from_step"] is None
     # Complete: a second call returns the record and trains nothing.
     mtime = (out / "model.pt").stat().st_mtime_ns
-    assert train(*collection, out, **OPTIONS) == record
+    assert run_train(*collection, out, **OPTIONS) == record
     assert (out / "model.pt").stat().st_mtime_ns == mtime
 
 
 def test_next_round_starts_from_the_model_and_body_optimiser(tmp_path, round0):
     out0, _ = round0
     shards, labels_dir = _collection(tmp_path / "data", (60, 50), k=5, seed=3)
-    record = train(shards, labels_dir, tmp_path / "r1", model_path=out0 / "model.pt",
+    record = run_train(shards, labels_dir, tmp_path / "r1", model_path=out0 / "model.pt",
                    body_optim_path=out0 / "optim_body.pt", **OPTIONS)
     model = load_model(tmp_path / "r1" / "model.pt")[0]
     assert model.top.out_features == 5 and record["k"] == 5
@@ -102,22 +117,22 @@ def test_bad_inputs_fail_clearly(tmp_path, collection, round0):
     out0, _ = round0
     unlabelled = replace(shards[0], index=99, name="000099")
     with pytest.raises(ValueError, match="no labels for shards"):
-        train([*shards, unlabelled], labels_dir, tmp_path / "x", **OPTIONS)
-    wide = build_model("small", input_size=32, width=8, num_classes=K)  # round 0 had width 4
+        run_train([*shards, unlabelled], labels_dir, tmp_path / "x", **OPTIONS)
+    wide = build_model(ModelSpec("small", input_size=32, width=8), num_classes=K)  # round 0 had width 4
     optimiser = torch.optim.SGD(wide.body_parameters(), lr=0.1, momentum=0.9)
     wide(torch.zeros(2, 3, 32, 32)).sum().backward()
     optimiser.step()
     torch.save(optimiser.state_dict(), tmp_path / "wrong_optim.pt")
     with pytest.raises(ValueError, match="does not fit"):
-        train(shards, labels_dir, tmp_path / "y", model_path=out0 / "model.pt",
+        run_train(shards, labels_dir, tmp_path / "y", model_path=out0 / "model.pt",
               body_optim_path=tmp_path / "wrong_optim.pt", **OPTIONS)
     with pytest.raises(ValueError, match="input_size"):
-        train(shards, labels_dir, tmp_path / "z", model_path=out0 / "model.pt",
+        run_train(shards, labels_dir, tmp_path / "z", model_path=out0 / "model.pt",
               **{**OPTIONS, "input_size": 64})
     (tmp_path / "w" / "ckpt").mkdir(parents=True)
     shutil.copy(out0 / "ckpt" / "last.pt", tmp_path / "w" / "ckpt" / "last.pt")
-    with pytest.raises(ValueError, match=r"other settings \(init_seed, lr, seed\)"):
-        train(shards, labels_dir, tmp_path / "w", **{**OPTIONS, "lr": 0.1, "seed": 2})
+    with pytest.raises(ValueError, match=r"other settings \(lr, seed\)"):
+        run_train(shards, labels_dir, tmp_path / "w", **{**OPTIONS, "lr": 0.1, "seed": 2})
 
 
 def _launch(tmp_path, launcher: list, shards, labels_dir, out, options):
@@ -126,7 +141,7 @@ def _launch(tmp_path, launcher: list, shards, labels_dir, out, options):
     script.write_text(SCRIPT)
     args = json.dumps({"shards": str(shards[0].path.parent), "labels": str(labels_dir),
                        "out": str(out), "options": options})
-    return subprocess.Popen([*launcher, str(script), args], start_new_session=True,
+    return subprocess.Popen([*launcher, str(script), args, TESTS], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -134,7 +149,7 @@ def test_sigkill_then_rerun_finishes_the_round_as_if_never_killed(tmp_path, coll
     shards, labels_dir = collection
     options = {**OPTIONS, "batch_size": 8}  # ~38 steps: the kill lands well before the end
     reference_out = tmp_path / "uninterrupted"
-    reference = train(shards, labels_dir, reference_out, **options)
+    reference = run_train(shards, labels_dir, reference_out, **options)
     out = tmp_path / "killed"
     proc = _launch(tmp_path, [sys.executable], shards, labels_dir, out, options)
     ckpt = out / "ckpt" / "last.pt"
@@ -147,7 +162,7 @@ def test_sigkill_then_rerun_finishes_the_round_as_if_never_killed(tmp_path, coll
     killed_at = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < killed_at < reference["steps"]
 
-    record = train(shards, labels_dir, out, **options)
+    record = run_train(shards, labels_dir, out, **options)
     assert record["resumed_from_step"] >= killed_at
     for key in ("steps", "samples", "cluster_draws"):
         assert record[key] == reference[key]

@@ -1,0 +1,3 @@
+"""What `dcpipe eval` leaves in a round directory."""
+
+RECORD = "eval.json"

@@ -1,0 +1,20 @@
+"""The extract stage's settings: the only place their defaults live."""
+from dataclasses import dataclass
+
+from dcpipe.errors import SettingsError
+
+DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    batch_size: int = 256
+    workers: int = 2  # decoding processes
+    dtype: str = "float16"  # float16 or float32
+    chunk_rows: int = 4096  # store rows per chunk, at most (lowered to the largest shard)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise SettingsError(f"dtype must be one of {list(DTYPES)}, not {self.dtype!r}")
+        if self.batch_size < 1 or self.chunk_rows < 1 or self.workers < 0:
+            raise SettingsError("batch_size and chunk_rows must be >= 1, workers >= 0")
