@@ -17,11 +17,13 @@ from PIL import Image
 from dcpipe.pipeline.workspace import RoundDir, Workspace
 from dcpipe.shards.reader import iter_shard, list_shards
 
+from dcpipe.stages.common import seeds
 from dcpipe.stages.common.activations import conv_blocks
 from dcpipe.stages.sources.imagesets import ImageSet
 from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.labels import load_labels, read_index
 from dcpipe.stages.common.models import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.evaluate.probes import l2_normalise
 
 THUMB_PX = 64
@@ -97,7 +99,7 @@ def some_shards(names: list, max_shards: int, seed: int) -> list:
     by class still shows several classes."""
     if len(names) <= max_shards:
         return list(names)
-    picked = np.random.default_rng(seed).choice(len(names), max_shards, replace=False)
+    picked = seeds.rng(seed, 0, Domain.REPORT_SAMPLE, 0).choice(len(names), max_shards, replace=False)
     return [names[i] for i in sorted(picked)]
 
 
@@ -105,7 +107,8 @@ def choose_clusters(available: np.ndarray, count: int, per_cluster: int, seed: i
     """`count` clusters at random (seeded) among those with `per_cluster` images available,
     topped up with the best-provided others if too few have that many."""
     full = np.flatnonzero(available >= per_cluster)
-    chosen = np.random.default_rng(seed).choice(full, min(count, len(full)), replace=False)
+    chosen = seeds.rng(seed, 0, Domain.REPORT_SAMPLE, 1).choice(full, min(count, len(full)),
+                                                                 replace=False)
     others = [c for c in np.argsort(-available, kind="stable") if available[c] and c not in chosen]
     return [int(c) for c in [*chosen, *others][:count]]
 
@@ -185,8 +188,8 @@ def nearest_neighbours(shards_dir: Path, models: dict, *, pool: int, queries: in
         thumbs.append(to_uint8(batch.images))
         captions += batch.labels
     thumbs = np.concatenate(thumbs)
-    chosen = np.random.default_rng(seed).choice(len(thumbs), min(queries, len(thumbs)),
-                                                replace=False).tolist()
+    chosen = seeds.rng(seed, 0, Domain.REPORT_SAMPLE, 2).choice(
+        len(thumbs), min(queries, len(thumbs)), replace=False).tolist()
     by_model = {name: _neighbours(np.concatenate(rows), chosen, k) for name, rows in feats.items()}
     return Neighbours(thumbs, captions, chosen, by_model)
 

@@ -20,6 +20,8 @@ class Domain(IntEnum):
     AUGMENT = 9  # crops and flips of a chunk of samples
     TOP_INIT = 10  # the fresh top layer of a round
     DROPOUT = 11  # dropout masks of a step
+    EVAL_SUBSET = 12  # the labelled images an evaluation uses
+    REPORT_SAMPLE = 13  # shards, clusters and queries a report shows
 
 
 def sequence(seed: int, round_index: int, domain: Domain, *keys: int) -> np.random.SeedSequence:

@@ -25,7 +25,9 @@ from dcpipe.shards.manifest import has_manifest
 from dcpipe.shards.reader import ShardReadError, iter_shard, list_shards
 
 from dcpipe.stages.sources.fetch import FetchError, fetch
+from dcpipe.stages.common import seeds
 from dcpipe.stages.common.images import BadImage, open_rgb
+from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.sources.tables import iter_rows
 
 LABEL_FIELD = "label"
@@ -119,7 +121,7 @@ def choose_positions(n: int, max_items: int | None, seed: int) -> np.ndarray | N
     if max_items is None or max_items >= n:
         return None
     mask = np.zeros(n, dtype=bool)
-    mask[np.random.default_rng(seed).choice(n, max_items, replace=False)] = True
+    mask[seeds.rng(seed, 0, Domain.EVAL_SUBSET).choice(n, max_items, replace=False)] = True
     return mask
 
 
