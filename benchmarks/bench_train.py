@@ -84,7 +84,7 @@ def memory_rate(images, labels, steps: StepPlan, args) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2500])
-    parser.add_argument("--width", type=int, default=None, help="small net width (default 64)")
+    parser.add_argument("--width", type=int, default=0, help="small net width (0: 64)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
