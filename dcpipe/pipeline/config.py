@@ -14,6 +14,7 @@ from pathlib import Path
 import tomli_w
 
 from dcpipe.errors import DcpipeError, SettingsError
+from dcpipe.pipeline.methods import METHOD_CHANGES
 from dcpipe.stages.cluster.settings import ClusterSettings
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.extract.settings import ExtractSettings
@@ -83,15 +84,25 @@ def build(values: dict, where: str) -> Config:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def with_method(values: dict, user: dict, where: str) -> dict:
+    """`values` with the changes of the method `user` chooses ([train] method), if any."""
+    chosen = user.get("train")
+    method = chosen.get("method", values["train"]["method"]) if isinstance(chosen, dict) \
+        else values["train"]["method"]
+    if method not in METHOD_CHANGES:
+        raise ConfigError(f"{where}: unknown method {method!r} (known: {', '.join(METHOD_CHANGES)})")
+    return merge(values, METHOD_CHANGES[method], f"method {method}")
+
+
 def load(path: Path) -> Config:
-    """Defaults merged with the TOML file at `path` (if it exists)."""
-    values = defaults()
+    """Defaults, the chosen method's changes, then the TOML file at `path` (if it exists)."""
+    values, user = defaults(), {}
     if path.exists():
         try:
             user = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        values = merge(values, user, str(path))
+    values = merge(with_method(values, user, str(path)), user, str(path))
     return build(values, str(path))
 
 

@@ -6,6 +6,7 @@ Stage entry points are imported where used: `dcpipe status` should not pay for i
 """
 
 import time
+from dataclasses import replace
 
 from dcpipe.pipeline.config import Config
 from dcpipe.pipeline.workspace import Workspace, WorkspaceError
@@ -63,9 +64,13 @@ def train_round(ws: Workspace, r: int, config: Config, progress: bool = True) ->
     if is_rank_zero():
         _record(ws, r, "train", config)
     here = ws.round(r)
+    v2 = config.train.method == "deepcluster-v2"
+    heads = range(config.cluster.heads) if v2 else range(0)
     return train(ws.round_shards(r), here.labels, here.path, config.model, config.train,
                  model_path=model_path,
                  body_optim_path=ws.round(r - 1).body_optimiser if r > 0 else None,
+                 more_labels=[here.head_labels(h) for h in heads if h > 0],
+                 centroids=[here.head_centroids(h) for h in heads],
                  seed=config.seed, round_index=r, progress=progress)
 
 
@@ -73,7 +78,11 @@ STEP_FUNCTIONS = {"extract": extract_round, "cluster": cluster_round, "train": t
 
 
 def run(ws: Workspace, n_rounds: int, config: Config, progress: bool = True, log=print) -> list:
-    """Perform every missing step of rounds 0..n_rounds-1; return [(round, step, seconds)]."""
+    """Perform every missing step of rounds 0..n_rounds-1; return [(round, step, seconds)].
+
+    A cosine schedule with no [train] total_rounds spans the n_rounds of this run."""
+    if config.train.lr_schedule == "cosine" and config.train.total_rounds == 0:
+        config = replace(config, train=replace(config.train, total_rounds=n_rounds))
     done = []
     for r in range(n_rounds):
         for step in ("cluster", "train"):  # cluster extracts first when needed

@@ -51,6 +51,12 @@ class RoundDir:
     def labels(self) -> Path:
         return self.path / cluster_outputs.LABELS
 
+    def head_labels(self, head: int) -> Path:
+        return self.path / cluster_outputs.labels_folder(head)
+
+    def head_centroids(self, head: int) -> Path:
+        return self.path / cluster_outputs.centroids_file(head)
+
     @property
     def clusters_record(self) -> Path:
         return self.path / cluster_outputs.RECORD

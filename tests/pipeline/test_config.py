@@ -30,7 +30,7 @@ def test_int_accepted_where_float_expected(tmp_path):
     ("[model]\nsobel = 1\n", "sobel must be true or false"),
     ("cluster = 3\n", "[cluster] must be a table"),
     ("[cluster\n", "not valid TOML"),
-    ("[cluster]\nk = 0\n", "dcpipe.toml: k, niter and pca_dim must be positive"),
+    ("[cluster]\nk = 0\n", "dcpipe.toml: k, niter and heads must be positive"),
     ("[model]\narch = 'resnet'\n", "unknown architecture 'resnet'"),
 ])
 def test_bad_config_names_the_problem(tmp_path, text, message):
@@ -51,3 +51,14 @@ def test_the_commented_template_is_the_defaults(tmp_path):
     path = tmp_path / "dcpipe.toml"
     path.write_text(config.template())
     assert config.load(path) == config.Config()
+
+
+def test_choosing_deepcluster_v2_brings_its_settings_under_the_files_own(tmp_path):
+    path = tmp_path / "dcpipe.toml"
+    path.write_text('[train]\nmethod = "deepcluster-v2"\n[cluster]\nheads = 2\n')
+    c = config.load(path)
+    assert (c.model.sobel, c.model.projection, c.cluster.pca_dim) == (False, 128, 0)
+    assert (c.train.lr_schedule, c.cluster.heads) == ("cosine", 2)  # the file's value wins
+    path.write_text('[train]\nmethod = "deepcluster-v3"\n')
+    with pytest.raises(config.ConfigError, match="unknown method 'deepcluster-v3'"):
+        config.load(path)

@@ -41,18 +41,21 @@ def flat_index(centroids_or_dim, ngpu: int):
     return index
 
 
-def train_kmeans(x: np.ndarray, k: int, niter: int, seed: int, ngpu: int) -> tuple[np.ndarray, list]:
+def train_kmeans(x: np.ndarray, k: int, niter: int, seed: int, ngpu: int,
+                 spherical: bool = False) -> tuple[np.ndarray, list]:
     """Fit k centroids to x (n, d) float32; return them and faiss's per-iteration stats.
 
     `obj` is faiss's objective of the iteration: the sum over x of squared distances to the
     nearest centroid (we add its mean per point); `elapsed` is seconds since training began.
     faiss stops early once the objective no longer changes. x is already our sample, so faiss must not
-    subsample it again (max_points_per_centroid is raised above n / k).
+    subsample it again (max_points_per_centroid is raised above n / k). `spherical`: centroids
+    are re-normalised after each iteration (DeepCluster-v2's k-means on unit rows).
     """
     n, d = x.shape
     clus = faiss.Clustering(d, k)
     clus.niter = niter
     clus.seed = seed
+    clus.spherical = spherical
     clus.max_points_per_centroid = n // k + 1
     clus.train(np.ascontiguousarray(x, dtype=np.float32), flat_index(d, ngpu))
     stats = clus.iteration_stats

@@ -36,6 +36,7 @@ from dcpipe.stages.common.featurereader import (block_rows, open_complete, read_
                                                 read_true_labels, read_valid, shard_names)
 from dcpipe.stages.common.labels import save_npy, write_labels
 from dcpipe.stages.common.seeds import Domain
+from dcpipe.stages.common.whitening import WhiteningPCA
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,17 @@ class Timer(dict):
 def cluster(store_path, out_dir, settings: ClusterSettings = ClusterSettings(), *, seed: int = 0,
             round_index: int | None = None, prev_labels_dir=None, chunk_rows: int | None = None,
             progress: bool = True) -> dict:
-    """Cluster every valid row of the store; write pca.npz, centroids.npy, labels/, clusters.json.
+    """Cluster every valid row of the store; write pca.npz, centroids.npy, labels/, clusters.json
+    (and, with settings.heads > 1, each further head's centroids and labels: outputs.py).
 
-    seed and round_index drive the samples, faiss and the empty-cluster fix (seeds.Domain).
-    settings.sample_size: rows PCA and k-means are fitted on (at most N). settings.refine_passes:
-    k-means fitted on a sample smaller than N then makes this many Lloyd passes over every row of
-    the store (see _refine). chunk_rows: rows per read block (rounded to whole store chunks;
-    None: ~8 MB). PIC takes its number of clusters from the graph and ignores k. Returns the
-    clusters.json record.
+    seed and round_index drive the samples, faiss and the empty-cluster fix (seeds.Domain); each
+    head has its own k-means seed. settings.sample_size: rows PCA and k-means are fitted on (at
+    most N). settings.pca_dim = 0: no PCA, rows only L2-normalised and spherical k-means
+    (DeepCluster-v2). settings.refine_passes: k-means fitted on a sample smaller than N then
+    makes this many Lloyd passes over every row of the store (see _refine). chunk_rows: rows per
+    read block (rounded to whole store chunks; None: ~8 MB). PIC takes its number of clusters
+    from the graph and ignores k. Returns the clusters.json record (head 0's, with a summary of
+    the others under "heads").
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -77,65 +81,97 @@ def cluster(store_path, out_dir, settings: ClusterSettings = ClusterSettings(), 
     valid = read_valid(store)
     n_valid = int(valid.sum())
     _check(settings, n_valid)
-    k, method = settings.k, settings.method
-    d = min(settings.pca_dim, store.dim)
     r = round_index or 0
     sample = RowSample(valid, store.chunk_rows, min(settings.sample_size, n_valid),
                        seeds.int_seed(seed, r, Domain.CLUSTER_SAMPLE))
     block = block_rows(store, chunk_rows)
-    ngpu = kmeans.gpu_count(settings.use_gpu)
     # from here on the round's old results are being replaced: not done until clusters.json is back
     (out_dir / outputs.RECORD).unlink(missing_ok=True)
     timer = Timer()
     pca_rows = RowSample(valid, store.chunk_rows, min(sample.size, PCA_ROWS_PER_DIM * store.dim),
                          seeds.int_seed(seed, r, Domain.PCA_SAMPLE))
     with timer("pca"):
-        pca = storepasses.fit_pca(store, pca_rows, block, d, progress)
+        pca = (storepasses.fit_pca(store, pca_rows, block, min(settings.pca_dim, store.dim), progress)
+               if settings.pca_dim else WhiteningPCA.normalise_only(store.dim))
     with timer("sample"):
         x = storepasses.project_sample(store, sample, block, pca, progress)
-    with timer("train"):
-        fit = KMeansFit if method == "kmeans" else PicFit
-        model = fit(x, k=k, niter=settings.niter, ngpu=ngpu,
-                    seed=seeds.int_seed(seed, r, Domain.KMEANS, bits=31),
-                    split_seed=seeds.int_seed(seed, r, Domain.EMPTY_SPLIT))
-    labels = np.full(store.n_rows, -1, dtype=np.int32)
-
-    def assign_rest(assign) -> float:
-        return storepasses.assign_rest(store, valid, sample, block, pca, assign, labels, progress)
-
-    def assign_everything(assign) -> float:
-        return storepasses.assign_sample(x, sample, assign, labels) + assign_rest(assign)
-
-    with timer("refine"):  # a sample of every row is already fitted on everything
-        passes = settings.refine_passes if method == "kmeans" and not sample.everything else 0
-        refined = _refine(model, passes, assign_everything, n_valid)
-    with timer("assign"):
-        dist_sum = storepasses.assign_sample(x, sample, model.assign, labels)
-        del x  # k-means keeps only its centroids, PIC its index of the sample
-        dist_sum += assign_rest(model.assign)
-    with timer("finish"):
-        record = model.finish(labels, dist_sum, sample, storepasses.row_stream(store, block, pca, progress))
-    centroids = model.centroids
-    record.update(true_label_scores(labels, read_true_labels(store)))
+    run = HeadRun(store, valid, sample, block, pca, x, settings, progress)
+    records = [run.head(h, seeds.int_seed(seed, r, Domain.KMEANS, h, bits=31),
+                        seeds.int_seed(seed, r, Domain.EMPTY_SPLIT, h), timer)
+               for h in range(settings.heads)]
     with timer("write"):
         pca.save(out_dir / outputs.PCA)
-        save_npy(out_dir / outputs.CENTROIDS, centroids)
-        meta = {"k": len(centroids), "round": round_index, "method": method, "seed": seed}
+        meta = {"round": round_index, "method": settings.method, "seed": seed}
         prev = PreviousRound(prev_labels_dir)
-        write_labels(out_dir, _shard_labels(store, labels, prev), meta)
+        for h, (labels, centroids, _) in enumerate(records):
+            save_npy(out_dir / outputs.centroids_file(h), centroids)
+            write_labels(out_dir, _shard_labels(store, labels, prev if h == 0 else PreviousRound(None)),
+                         {"k": len(centroids), **meta, "head": h}, folder=outputs.labels_folder(h))
+    record = records[0][2]
     record.update(prev.scores())
-    record.update(meta, k_requested=k, niter=settings.niter, refine_passes=passes, objective_refine=refined,
-                  pca_dim=d, feature_dim=store.dim,
-                  eigen_power=-0.5, n_rows=store.n_rows, n_samples=n_valid,
-                  n_failed=int(store.shard_count.sum()) - n_valid, sample_size=sample.size, pca_rows=pca_rows.size,
+    record.update(k=len(records[0][1]), **meta, k_requested=settings.k, niter=settings.niter,
+                  pca_dim=pca.out_dim if settings.pca_dim else 0, feature_dim=store.dim,
+                  eigen_power=-0.5 if settings.pca_dim else 0.0, n_rows=store.n_rows,
+                  n_samples=n_valid, n_failed=int(store.shard_count.sum()) - n_valid,
+                  sample_size=sample.size, pca_rows=pca_rows.size if settings.pca_dim else 0,
                   sample_is_everything=bool(sample.everything), block_rows=block,
-                  device=f"gpu x{ngpu}" if ngpu else "cpu", faiss_version=faiss.__version__,
-                  store=str(store.path), timings=dict(timer),
-                  seconds=round(time.perf_counter() - started, 3))
+                  device=run.device, faiss_version=faiss.__version__, store=str(store.path),
+                  timings=dict(timer), seconds=round(time.perf_counter() - started, 3))
+    if len(records) > 1:
+        record["heads"] = [{key: rec[key] for key in HEAD_SUMMARY if key in rec}
+                           for _, _, rec in records[1:]]
     atomic_write_json(out_dir / outputs.RECORD, record)
-    log.info("clustered %d samples into %d clusters (%s, sample %d) in %.1f s", n_valid,
-             record["k"], method, sample.size, record["seconds"])
+    log.info("clustered %d samples into %d clusters (%s, sample %d, %d heads) in %.1f s", n_valid,
+             record["k"], settings.method, sample.size, settings.heads, record["seconds"])
     return record
+
+
+HEAD_SUMMARY = ("k", "objective_final", "sizes", "empty_before_fix", "nmi_true", "acc_true")
+
+
+class HeadRun:
+    """What every head of a round shares: the store, the sample (projected, in RAM), the PCA."""
+
+    def __init__(self, store, valid, sample, block, pca, x, settings: ClusterSettings, progress):
+        self.store, self.valid, self.sample, self.block = store, valid, sample, block
+        self.pca, self.x, self.settings, self.progress = pca, x, settings, progress
+        self.ngpu = kmeans.gpu_count(settings.use_gpu)
+        self.n_valid = int(valid.sum())
+        self.spherical = settings.pca_dim == 0
+
+    @property
+    def device(self) -> str:
+        return f"gpu x{self.ngpu}" if self.ngpu else "cpu"
+
+    def _assign_rest(self, assign, labels) -> float:
+        return storepasses.assign_rest(self.store, self.valid, self.sample, self.block, self.pca,
+                                       assign, labels, self.progress)
+
+    def head(self, h: int, kmeans_seed: int, split_seed: int, timer) -> tuple:
+        """(labels per store row, centroids, record) of head h."""
+        s, sample, x = self.settings, self.sample, self.x
+        suffix = f"_head{h}" if h else ""
+        with timer("train" + suffix):
+            fit = KMeansFit if s.method == "kmeans" else PicFit
+            model = fit(x, k=s.k, niter=s.niter, ngpu=self.ngpu, seed=kmeans_seed,
+                        split_seed=split_seed, spherical=self.spherical)
+        labels = np.full(self.store.n_rows, -1, dtype=np.int32)
+
+        def assign_everything(assign) -> float:
+            return storepasses.assign_sample(x, sample, assign, labels) + self._assign_rest(assign, labels)
+
+        with timer("refine" + suffix):  # a sample of every row is already fitted on everything
+            passes = s.refine_passes if s.method == "kmeans" and not sample.everything else 0
+            refined = _refine(model, passes, assign_everything, self.n_valid)
+        with timer("assign" + suffix):
+            dist_sum = storepasses.assign_sample(x, sample, model.assign, labels)
+            dist_sum += self._assign_rest(model.assign, labels)
+        with timer("finish" + suffix):
+            stream = storepasses.row_stream(self.store, self.block, self.pca, self.progress)
+            record = model.finish(labels, dist_sum, sample, stream)
+        record.update(true_label_scores(labels, read_true_labels(self.store)),
+                      k=len(model.centroids), refine_passes=passes, objective_refine=refined)
+        return labels, model.centroids, record
 
 
 def _refine(model, passes: int, assign_everything, n_valid: int) -> list[float]:
@@ -165,13 +201,16 @@ def _shard_labels(store, labels: np.ndarray, prev: PreviousRound):
 class KMeansFit:
     """FAISS k-means on the sample; rows go to their nearest centroid; empty clusters split."""
 
-    def __init__(self, x: np.ndarray, *, k: int, niter: int, seed: int, split_seed: int, ngpu: int):
-        self.split_seed, self.ngpu = split_seed, ngpu
-        centroids, self.iterations = kmeans.train_kmeans(x, k, niter, seed, ngpu)
+    def __init__(self, x: np.ndarray, *, k: int, niter: int, seed: int, split_seed: int, ngpu: int,
+                 spherical: bool):
+        self.split_seed, self.ngpu, self.spherical = split_seed, ngpu, spherical
+        centroids, self.iterations = kmeans.train_kmeans(x, k, niter, seed, ngpu, spherical)
         self.move_to(centroids)
 
     def move_to(self, centroids: np.ndarray) -> None:
-        self.centroids = centroids
+        if self.spherical:  # spherical k-means keeps its centroids on the unit sphere
+            centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        self.centroids = centroids.astype(np.float32)
         self.index = kmeans.flat_index(centroids, self.ngpu)
 
     def assign(self, rows: np.ndarray):
@@ -179,6 +218,8 @@ class KMeansFit:
 
     def finish(self, labels, dist_sum: float, sample: RowSample, stream) -> dict:
         fix = kmeans.fill_empty_clusters(labels, self.centroids, self.split_seed, stream)
+        if self.spherical:
+            self.move_to(self.centroids)
         sizes = np.bincount(labels[labels >= 0], minlength=len(self.centroids))
         return {"objective": [it["obj_mean"] for it in self.iterations], "iterations": self.iterations,
                 "objective_final": (dist_sum + fix.objective_change) / int((labels >= 0).sum()),

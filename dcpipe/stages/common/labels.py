@@ -71,15 +71,16 @@ def _write_shards(folder: Path, shards) -> list[dict]:
     return listed
 
 
-def write_labels(out_dir, shards: Iterable[tuple[str, list[str], np.ndarray]], meta: dict) -> Path:
-    """Publish out_dir/FOLDER from (shard name, keys, int32 labels) triples; return its path.
+def write_labels(out_dir, shards: Iterable[tuple[str, list[str], np.ndarray]], meta: dict,
+                 folder: str = FOLDER) -> Path:
+    """Publish out_dir/folder from (shard name, keys, int32 labels) triples; return its path.
 
     `meta` (k, round, method, seed, ...) goes into index.json with the shard list. Shard files
     are written by a few threads (the time goes into fsync, which releases the GIL).
     """
     out_dir = Path(out_dir)
-    final, partial, old = (out_dir / FOLDER, out_dir / f".{FOLDER}.partial",
-                           out_dir / f".{FOLDER}.old")
+    final, partial, old = (out_dir / folder, out_dir / f".{folder}.partial",
+                           out_dir / f".{folder}.old")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     listed = _write_shards(partial, shards)

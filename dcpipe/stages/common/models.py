@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
@@ -31,6 +32,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "dcpipe.model/1"
 CENTER_CROP_RATIO = 224 / 256  # the paper's Resize(256) + CenterCrop(224)
+PROJECTION_HIDDEN = 2048  # DeepCluster-v2's projection MLP
 
 
 # ---------------------------------------------------------------- architecture specs
@@ -158,19 +160,52 @@ def _init_module(m: nn.Module, generator) -> None:
             m.bias.zero_()
 
 
+def _make_projection(fc: int, out: int) -> nn.Sequential:
+    """DeepCluster-v2's head: Linear(d, 2048), BN, ReLU, Linear(2048, out); L2-normalised after."""
+    return nn.Sequential(nn.Linear(fc, PROJECTION_HIDDEN), nn.BatchNorm1d(PROJECTION_HIDDEN),
+                         nn.ReLU(inplace=True), nn.Linear(PROJECTION_HIDDEN, out))
+
+
+class Prototypes(nn.Module):
+    """DeepCluster-v2's classifier: one bias-free linear layer per head whose weights are that
+    head's centroids, set at the start of a round and never trained (buffers, not parameters).
+    Returns each head's logits, prototypes . z / temperature."""
+
+    def __init__(self, sizes: list[tuple[int, int]], temperature: float):
+        super().__init__()
+        self.temperature, self.n_heads = temperature, len(sizes)
+        for h, shape in enumerate(sizes):
+            self.register_buffer(f"head{h}", torch.zeros(shape))
+
+    @property
+    def heads(self) -> list[torch.Tensor]:
+        return [getattr(self, f"head{h}") for h in range(self.n_heads)]
+
+    def set(self, centroids: list[torch.Tensor]) -> None:
+        for buffer, c in zip(self.heads, centroids, strict=True):
+            buffer.copy_(F.normalize(c.to(buffer), dim=1))
+
+    def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
+        return [z @ c.T / self.temperature for c in self.heads]
+
+
 # ---------------------------------------------------------------- the network
 class DeepClusterNet(nn.Module):
-    """Sobel (optional) -> features -> classifier -> top. Build it with `build_model`."""
+    """Sobel (optional) -> features -> classifier -> [projection] -> top. Build it with
+    `build_model`. v1's top is a linear layer trained each round; v2's (with a projection) is
+    Prototypes set from the round's centroids."""
 
     def __init__(self, arch: str, *, sobel: bool, input_size: int, num_classes: int | None,
-                 width: int | None, generator: torch.Generator | None):
+                 width: int | None, projection: int, generator: torch.Generator | None):
         super().__init__()
         spec = ARCHS[arch](width)
-        self.config = {"arch": arch, "sobel": sobel, "input_size": input_size,
-                       "width": width, "feature_dim": spec.fc_dim, "top_k": None}
+        self.config = {"arch": arch, "sobel": sobel, "input_size": input_size, "width": width,
+                       "projection": projection, "feature_dim": projection or spec.fc_dim,
+                       "top_k": None}
         self.features, self._conv_idx = _make_features(spec.layers, 2 if sobel else 3)
         flat = _flat_dim(spec.layers, input_size)
         self.classifier = _make_classifier(flat, spec.fc_dim, spec.dropout_first)
+        self.projection = _make_projection(spec.fc_dim, projection) if projection else None
         for m in self.modules():
             _init_module(m, generator)
         self.sobel = make_sobel() if sobel else None
@@ -187,10 +222,19 @@ class DeepClusterNet(nn.Module):
         return self.config["feature_dim"]
 
     def replace_top(self, k: int, generator: torch.Generator | None = None) -> nn.Linear:
-        """A fresh top layer Linear(feature_dim, k), N(0, 0.01) weights, zero bias."""
+        """A fresh top layer Linear(feature_dim, k), N(0, 0.01) weights, zero bias (v1)."""
         ref = self.classifier[-2].weight
         self.top = _new_linear(self.feature_dim, k, generator).to(ref.device, ref.dtype)
         self.config["top_k"] = k
+        return self.top
+
+    def set_prototypes(self, centroids: list[torch.Tensor], temperature: float) -> Prototypes:
+        """v2's top: one head per centroid matrix (k_h x feature_dim), fixed for the round."""
+        ref = self.classifier[-2].weight
+        self.top = Prototypes([tuple(c.shape) for c in centroids], temperature).to(ref.device)
+        self.top.set(centroids)
+        self.config["top_k"] = [len(c) for c in centroids]
+        self.config["temperature"] = temperature
         return self.top
 
     def body_parameters(self) -> list[nn.Parameter]:
@@ -204,13 +248,38 @@ class DeepClusterNet(nn.Module):
         return torch.flatten(self.features(x), 1)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate fc output before its final ReLU: the clustering feature."""
-        return self.classifier[:-1](self._trunk(x))
+        """The clustering feature: v1, the penultimate fc output before its final ReLU; v2, the
+        L2-normalised projection."""
+        if self.projection is None:
+            return self.classifier[:-1](self._trunk(x))
+        return self._projected(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _projected(self, x) -> torch.Tensor:
+        return F.normalize(self.projection(self._fc(x)), dim=1)
+
+    def _fc(self, x) -> torch.Tensor:
+        """Classifier output of a batch, or of a list of crops (v2's multi-crop): consecutive
+        crops of one size go through the convs together, the rows come out crop after crop."""
+        if isinstance(x, torch.Tensor):
+            return self.classifier(self._trunk(x))
+        groups, parts = [], []
+        for crop in x:
+            if groups and groups[-1][0].shape == crop.shape:
+                groups[-1].append(crop)
+            else:
+                groups.append([crop])
+        for group in groups:
+            parts.append(self.classifier(self._trunk(torch.cat(group))))
+        return torch.cat(parts)
+
+    def forward(self, x):
+        """v1: logits (N, k) of a batch; v2: a list of logits, one per head of prototypes, of a
+        batch or of a list of crops (rows crop after crop)."""
         if self.top is None:
-            raise RuntimeError("model has no top layer: call replace_top(k) first")
-        return self.top(self.classifier(self._trunk(x)))
+            raise RuntimeError("model has no top layer: call replace_top(k) or set_prototypes")
+        if self.projection is None:
+            return self.top(self._fc(x))
+        return self.top(self._projected(x))
 
     def conv_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Output of every conv block (after its ReLU), for per-layer linear probes."""
@@ -238,7 +307,8 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None,
         generator, rng_guard = torch.Generator().manual_seed(seed), torch.random.fork_rng([])
     with rng_guard:
         return DeepClusterNet(spec.arch, sobel=spec.sobel, input_size=spec.input_size,
-                              num_classes=num_classes, width=width, generator=generator)
+                              num_classes=num_classes, width=width, projection=spec.projection,
+                              generator=generator)
 
 
 def random_init(spec: ModelSpec, seed: int, num_classes: int | None = None) -> DeepClusterNet:
@@ -268,7 +338,10 @@ def load_model(path, map_location="cpu") -> tuple[DeepClusterNet, dict]:
     if not isinstance(blob, dict) or blob.get("meta", {}).get("format") != CHECKPOINT_FORMAT:
         raise FileFormatError(f"{path}: not a dcpipe model checkpoint")
     meta = blob["meta"]
-    model = build_model(ModelSpec.from_meta(meta), num_classes=meta["top_k"])
+    top_k = meta["top_k"]
+    model = build_model(ModelSpec.from_meta(meta), num_classes=None if isinstance(top_k, list) else top_k)
+    if isinstance(top_k, list):  # v2: prototypes, filled by the state dict
+        model.set_prototypes([torch.zeros(k, model.feature_dim) for k in top_k], meta["temperature"])
     model.load_state_dict(blob["state_dict"], strict=True)
     return model.eval(), meta
 

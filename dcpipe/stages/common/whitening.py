@@ -56,6 +56,11 @@ class WhiteningPCA:
     def out_dim(self) -> int:
         return self.matrix.shape[0]
 
+    @classmethod
+    def normalise_only(cls, dim: int) -> "WhiteningPCA":
+        """No projection, no whitening: `apply` only L2-normalises (DeepCluster-v2's k-means)."""
+        return cls(np.zeros(dim), np.eye(dim, dtype=np.float32), np.ones(dim))
+
     def apply(self, rows: np.ndarray) -> np.ndarray:
         """Project, whiten and L2-normalise: (n, D) any float -> (n, d) float32 unit rows."""
         centred = rows.astype(np.float32)

@@ -36,7 +36,7 @@ import numpy as np
 from dcpipe.shards.reader import ShardInfo, iter_shard
 
 from dcpipe.stages.common import seeds
-from dcpipe.stages.common.labels import LabelsError, load_labels
+from dcpipe.stages.common.labels import LabelsError, load_labels, read_index
 from dcpipe.stages.common.seeds import Domain
 
 
@@ -47,14 +47,17 @@ class Draw(NamedTuple):
     shard: int  # ShardInfo.index
     row: int
     key: str
+    more_labels: tuple = ()  # the sample's labels in the further heads (DeepCluster-v2)
 
 
-def shard_labels(labels_dir, shard: ShardInfo, k: int) -> tuple[list[str], np.ndarray]:
-    """(keys, labels) of a shard, checked against the shard's size and the label range."""
+def shard_labels(labels_dir, shard: ShardInfo, k: int | None) -> tuple[list[str], np.ndarray]:
+    """(keys, labels) of a shard, checked against the shard's size and the label range [-1, k)
+    (k None: the index's own k)."""
     keys, labels = load_labels(labels_dir, shard.name)
     if len(labels) != shard.n_samples:
         raise LabelsError(f"labels of shard {shard.name} have {len(labels)} rows, "
                           f"the shard has {shard.n_samples} samples: labels are from other shards")
+    k = read_index(labels_dir)["k"] if k is None else k
     if len(labels) and (labels.min() < -1 or labels.max() >= k):
         raise LabelsError(f"labels of shard {shard.name} outside [-1, {k}): corrupt label file")
     return keys, labels
@@ -86,6 +89,7 @@ class GroupPlan:
     row: np.ndarray
     label: np.ndarray
     copies: np.ndarray
+    more: np.ndarray  # (further heads, rows): their labels, in the same order
 
     def window_bounds(self, window: int) -> list[tuple[int, int]]:
         return [(a, min(a + window, len(self.row))) for a in range(0, len(self.row), window)]
@@ -96,13 +100,18 @@ class BalancedSampler:
 
     def __init__(self, shards: list[ShardInfo], labels_dir, sizes: np.ndarray, *,
                  reassign: float = 1.0, seed: int = 0, round_index: int = 0, rank: int = 0,
-                 world: int = 1, streams: int = 1, interleave: int = 16, window: int = 4096):
+                 world: int = 1, streams: int = 1, interleave: int = 16, window: int = 4096,
+                 balanced: bool = True, more_labels_dirs=()):
+        """`balanced` False: every labelled sample is drawn `reassign` times in expectation
+        (DeepCluster-v2's plain shuffled epoch) instead of uniformly over clusters.
+        `more_labels_dirs`: further heads' label indexes, carried along with each draw."""
         if reassign <= 0:
             raise ValueError(f"reassign must be > 0, got {reassign}")
         if min(streams, interleave, window, world) < 1 or not 0 <= rank < world:
             raise ValueError("streams, interleave, window, world must be >= 1 and 0 <= rank < world")
         self.shards = list(shards)
         self.labels_dir = Path(labels_dir)
+        self.more_labels_dirs = [Path(d) for d in more_labels_dirs]
         self.sizes = np.asarray(sizes, np.int64)
         self.k = len(self.sizes)
         self.seed, self.round_index, self.rank, self.world = seed, round_index, rank, world
@@ -112,9 +121,11 @@ class BalancedSampler:
         self.expected_draws = n_labelled * reassign
         nonempty = self.sizes > 0
         self.rates = np.zeros(self.k)
-        if n_labelled:
+        if n_labelled and balanced:
             per_cluster = self.expected_draws / self.passes / nonempty.sum()
             self.rates[nonempty] = per_cluster / self.sizes[nonempty]
+        elif n_labelled:
+            self.rates[nonempty] = reassign / self.passes
 
     # ------------------------------------------------------------ label-only plan
     def _rng(self, domain: Domain, *keys: int) -> np.random.Generator:
@@ -136,17 +147,19 @@ class BalancedSampler:
         return [mine[i:i + self.interleave] for i in range(0, len(mine), self.interleave)]
 
     def plan(self, group: list[ShardInfo], p: int) -> GroupPlan:
-        keys, labels, copies = [], [], []
+        keys, labels, copies, more = [], [], [], []
         for shard in group:
             shard_keys, shard_lab = shard_labels(self.labels_dir, shard, self.k)
             keys.append(shard_keys)
             labels.append(shard_lab)
             copies.append(self.copies(shard, shard_lab, p))
+            more.append(np.stack([shard_labels(d, shard, None)[1] for d in self.more_labels_dirs])
+                        if self.more_labels_dirs else np.zeros((0, len(shard_lab)), np.int32))
         counts = [len(lab) for lab in labels]
         slot, row = interleave(counts)
         flat = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)[slot] + row
         return GroupPlan(group, keys, slot, row, np.concatenate(labels)[flat],
-                         np.concatenate(copies)[flat])
+                         np.concatenate(copies)[flat], np.concatenate(more, axis=1)[:, flat])
 
     def plans(self, w: int) -> Iterator[tuple[int, GroupPlan]]:
         for p in range(self.passes):
@@ -191,7 +204,8 @@ class BalancedSampler:
         for e in entries[order[skip:]].tolist():
             shard = plan.shards[plan.slot[e]]
             row = int(plan.row[e])
-            yield Draw(images[e], int(plan.label[e]), shard.index, row, plan.keys[plan.slot[e]][row])
+            yield Draw(images[e], int(plan.label[e]), shard.index, row, plan.keys[plan.slot[e]][row],
+                       tuple(plan.more[:, e].tolist()))
 
 
 class _GroupReader:

@@ -39,7 +39,14 @@ class StreamChunks(IterableDataset):
             torch.manual_seed(seeds.int_seed(self.sampler.seed, self.sampler.round_index,
                                              Domain.AUGMENT, self.sampler.rank, self.stream, q))
             images = torch.stack([self.transform(_decode(d)) for d in batch])
-            yield images, torch.tensor([d.label for d in batch], dtype=torch.int64)
+            yield images, _labels(batch)
+
+
+def _labels(batch) -> torch.Tensor:
+    """(n,) labels, or (n, heads) when the draws carry further heads' labels."""
+    if batch[0].more_labels:
+        return torch.tensor([(d.label, *d.more_labels) for d in batch], dtype=torch.int64)
+    return torch.tensor([d.label for d in batch], dtype=torch.int64)
 
 
 def _decode(draw):
@@ -69,10 +76,10 @@ class MergedBatches:
     """The streams' chunks round-robin as one sequence of samples, taken batch by batch."""
 
     def __init__(self, lengths: list[int], chunk: int, open_stream: Callable[[int, int], Iterator],
-                 sample_shape: tuple, start: int = 0):
+                 sample_shape: tuple, start: int = 0, label_shape: tuple = ()):
         self.lengths, self.chunk = list(lengths), chunk
         self.n_chunks = [math.ceil(n / chunk) for n in self.lengths]
-        self.sample_shape = tuple(sample_shape)
+        self.sample_shape, self.label_shape = tuple(sample_shape), tuple(label_shape)
         t, w, self._skip = self._locate(start)
         firsts = [min(t + (v < w), n) for v, n in enumerate(self.n_chunks)]
         self._streams = [open_stream(v, first) for v, first in enumerate(firsts)]
@@ -119,7 +126,8 @@ class MergedBatches:
         while self._have < n:
             self._pull()
         if n == 0:
-            return torch.zeros((0, *self.sample_shape)), torch.zeros(0, dtype=torch.int64)
+            return (torch.zeros((0, *self.sample_shape)),
+                    torch.zeros((0, *self.label_shape), dtype=torch.int64))
         images, labels = torch.cat(self._images), torch.cat(self._labels)
         self._images, self._labels, self._have = [images[n:]], [labels[n:]], self._have - n
         return images[:n], labels[:n]

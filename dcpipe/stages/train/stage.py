@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -47,6 +46,9 @@ from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.train import outputs
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
 from dcpipe.stages.train.batches import MergedBatches, open_streams
+from dcpipe.stages.train.multicrop import MultiCrop
+from dcpipe.stages.train.objectives import Classification, PrototypeMatching
+from dcpipe.stages.train.schedule import lr_at
 from dcpipe.stages.train.settings import TrainSettings
 
 CKPT_FORMAT = "dcpipe.train-ckpt/1"
@@ -55,14 +57,16 @@ CHUNK = 32  # draws a loader worker decodes as one unit
 
 def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = ModelSpec(),
           settings: TrainSettings = TrainSettings(), *, model_path=None, body_optim_path=None,
-          seed: int = 0, round_index: int = 0, interleave: int = 16, window: int = 4096,
-          progress: bool = True) -> dict:
+          more_labels=(), centroids=(), seed: int = 0, round_index: int = 0,
+          interleave: int = 16, window: int = 4096, progress: bool = True) -> dict:
     """Train one round; returns the train.json record (at once if the round is already trained).
 
     `model_path` None = round 0: the random init of `model` for the workspace `seed`, the network
     the extract stage made round 0's features with. `seed` and `round_index` seed every random
     choice of the round (common.seeds). Under torchrun, rank and world come from the environment.
     `interleave` and `window` shape the sampler's shuffle (balanced_sampler.py).
+    DeepCluster-v2 (settings.method) also takes the round's further heads' label indexes
+    (`more_labels`) and every head's centroids (`centroids`, head 0 first): the prototypes.
     """
     out_dir = Path(out_dir)
     record = read_json(out_dir / outputs.RECORD)
@@ -72,11 +76,13 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = Model
         "shards": [s.name for s in shards], "labels_dir": str(labels_dir),
         "model_path": None if model_path is None else str(model_path),
         "body_optim_path": None if body_optim_path is None else str(body_optim_path),
+        "more_labels": [str(p) for p in more_labels], "centroids": [str(p) for p in centroids],
         **model.as_dict(), **asdict(settings), "seed": seed, "round": round_index,
         "interleave": interleave, "window": window, "chunk": CHUNK,
         "streams": max(1, settings.workers),
     }
     del config["workers"], config["checkpoint_every"]  # how to run, not what is computed
+    _check_method(config, model)
     group = ProcessGroup.start()
     try:
         run = RoundTraining(group, shards, Path(labels_dir), out_dir, config)
@@ -112,9 +118,10 @@ class StepPlan:
                         for q in range(len(self.draws))))
 
 
-def train_step(net, optimizers, images, labels, scale: float, parts: int = 1) -> torch.Tensor:
-    """One SGD step on sum(cross-entropy) * scale, in `parts` forward/backward passes whose
-    gradients add up (DDP syncs on the last); returns that loss (detached).
+def train_step(net, optimizers, images, labels, scale: float, parts: int = 1,
+               objective=Classification()) -> torch.Tensor:
+    """One SGD step on the objective's summed loss * scale, in `parts` forward/backward passes
+    whose gradients add up (DDP syncs on the last); returns that loss (detached).
 
     Under DDP every rank must make the same number of passes (each forward broadcasts the
     BatchNorm buffers, each step all-reduces the gradients once), so a rank with fewer samples
@@ -127,10 +134,10 @@ def train_step(net, optimizers, images, labels, scale: float, parts: int = 1) ->
         last = j == parts - 1
         with nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
             if len(y):
-                loss = F.cross_entropy(net(x), y, reduction="sum") * scale
+                loss = objective.loss(net, x, y) * scale
             else:
                 net.eval()
-                loss = net(images.new_zeros((1, *images.shape[1:]))).sum() * 0.0
+                loss = objective.blank(net, images)
                 net.train()
             loss.backward()
         total += loss.detach()
@@ -149,7 +156,8 @@ class Tally:
 
     def add(self, loss: torch.Tensor, labels: torch.Tensor) -> None:
         self.loss += loss.double()
-        self.draws += torch.bincount(labels, minlength=len(self.draws))
+        head0 = labels if labels.dim() == 1 else labels[:, 0]
+        self.draws += torch.bincount(head0, minlength=len(self.draws))
         self.interval_steps += 1
 
     def reduce(self, ctx: ProcessGroup) -> None:
@@ -193,7 +201,8 @@ class RoundTraining:
         self.sizes = ctx.sum(torch.from_numpy(cluster_sizes(mine, labels_dir, self.k))).numpy()
         self.sampler = BalancedSampler(
             shards, labels_dir, self.sizes, reassign=config["reassign"], seed=config["seed"],
-            round_index=config["round"],
+            round_index=config["round"], balanced=config["method"] == "deepcluster",
+            more_labels_dirs=config["more_labels"],
             rank=ctx.rank, world=ctx.world, streams=config["streams"],
             interleave=config["interleave"], window=config["window"])
         self.lengths = self.sampler.stream_lengths()
@@ -201,6 +210,7 @@ class RoundTraining:
         draws[ctx.rank] = sum(self.lengths)
         self.plan = StepPlan.make(ctx.sum(draws).tolist(), config["batch_size"])
         self.model, self.body_opt, self.top_opt = self._model_and_optimisers(ckpt is None)
+        self.transform, self.sample_shape, self.objective = self._augmentation()
         self.tally = Tally(self.k, ctx.device)
         self.step, self.loss_curve, self.elapsed_before = 0, [], 0.0
         if ckpt is not None:
@@ -214,12 +224,16 @@ class RoundTraining:
         else:
             model, meta = load_model(c["model_path"])
             _check_model_matches(meta, c)
-        top_seed = seeds.int_seed(c["seed"], c["round"], Domain.TOP_INIT)
-        model.replace_top(self.k, torch.Generator().manual_seed(top_seed))
+        if c["method"] == "deepcluster-v2":
+            model.set_prototypes(_centroids(c["centroids"], model.feature_dim), c["temperature"])
+        else:
+            top_seed = seeds.int_seed(c["seed"], c["round"], Domain.TOP_INIT)
+            model.replace_top(self.k, torch.Generator().manual_seed(top_seed))
         model.to(self.ctx.device).train()
         body = torch.optim.SGD(model.body_parameters(), lr=c["lr"], momentum=c["momentum"],
                                weight_decay=c["weight_decay"])
-        top = torch.optim.SGD(model.top.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
+        top = (torch.optim.SGD(model.top.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
+               if c["method"] == "deepcluster" else None)  # v2's prototypes are not trained
         if c["body_optim_path"] is not None and fresh:
             _load_body_optimiser(body, c)
         return model, body, top
@@ -230,7 +244,8 @@ class RoundTraining:
                               "(labels or shards differ); delete the ckpt folder to start over")
         self.model.load_state_dict(ckpt["model"])
         self.body_opt.load_state_dict(ckpt["optim_body"])
-        self.top_opt.load_state_dict(ckpt["optim_top"])
+        if self.top_opt is not None:
+            self.top_opt.load_state_dict(ckpt["optim_top"])
         self.tally.load(ckpt["tally"], self.ctx.rank)
         self.step, self.loss_curve = ckpt["step"], ckpt["loss_curve"]
         self.elapsed_before = ckpt["elapsed_s"]
@@ -256,13 +271,22 @@ class RoundTraining:
 
     def _batches(self, workers: int) -> MergedBatches:
         c, device = self.config, self.ctx.device
-        size = self.model.config["input_size"]
-        transform = train_transform(size, crop_min=c["crop_min"], flip=c["flip"])
-        streams = open_streams(self.sampler, c["chunk"], transform, workers,
+        streams = open_streams(self.sampler, c["chunk"], self.transform, workers,
                                prefetch=max(2, 2 * c["batch_size"] // (c["chunk"] * c["streams"])),
                                pin_memory=device.type == "cuda")
-        return MergedBatches(self.lengths, c["chunk"], streams, (3, size, size),
-                             start=self.plan.consumed(self.ctx.rank, self.step))
+        heads = len(c["more_labels"]) + 1
+        return MergedBatches(self.lengths, c["chunk"], streams, self.sample_shape,
+                             start=self.plan.consumed(self.ctx.rank, self.step),
+                             label_shape=(heads,) if heads > 1 else ())
+
+    def _augmentation(self):
+        """(transform, packed sample shape, objective) of the method."""
+        c, size = self.config, self.model.config["input_size"]
+        if c["method"] == "deepcluster-v2":
+            crops = MultiCrop(size, c["small_crops"])
+            return crops, crops.sample_shape, PrototypeMatching(crops.unpack)
+        return (train_transform(size, crop_min=c["crop_min"], flip=c["flip"]), (3, size, size),
+                Classification())
 
     def _loop(self, batches: MergedBatches, checkpoint_every: int, bar) -> float:
         """Steps from self.step to the end; returns the seconds spent waiting for data."""
@@ -277,13 +301,28 @@ class RoundTraining:
             images, labels = batches.take(plan.batch(ctx.rank, i))
             waited += time.perf_counter() - t
             torch.manual_seed(seeds.int_seed(c["seed"], c["round"], Domain.DROPOUT, i, ctx.rank))
-            loss = train_step(net, (self.body_opt, self.top_opt),
-                              images.to(ctx.device, non_blocking=True),
+            self._set_lr(i)
+            loss = train_step(net, self.optimizers, images.to(ctx.device, non_blocking=True),
                               labels.to(ctx.device, non_blocking=True),
-                              ctx.world / plan.global_batch(i), plan.parts(i, c["batch_size"]))
+                              ctx.world / plan.global_batch(i), plan.parts(i, c["batch_size"]),
+                              self.objective)
             self.tally.add(loss, labels)
             self._after_step(i + 1, checkpoint_every, time.perf_counter() - loop_start, bar)
         return waited
+
+    @property
+    def optimizers(self) -> list:
+        return [opt for opt in (self.body_opt, self.top_opt) if opt is not None]
+
+    def _lr(self, step: int) -> float:
+        c = self.config
+        return lr_at(c["lr"], c["lr_schedule"], c["warmup_rounds"], c["total_rounds"],
+                     c["round"], step, self.plan.steps)
+
+    def _set_lr(self, step: int) -> None:
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = self._lr(step)
 
     def _after_step(self, done: int, checkpoint_every: int, loop_s: float, bar) -> None:
         end = done == self.plan.steps
@@ -306,7 +345,8 @@ class RoundTraining:
         _save(self.ckpt_path, {
             "format": CKPT_FORMAT, "config": self.config, "step": self.step,
             "model": _cpu_state(self.model), "optim_body": self.body_opt.state_dict(),
-            "optim_top": self.top_opt.state_dict(), "loss_curve": self.loss_curve,
+            "optim_top": self.top_opt.state_dict() if self.top_opt else None,
+            "loss_curve": self.loss_curve,
             "tally": self.tally.state(), "elapsed_s": elapsed_s,
             "sampler": {"draws": list(plan.draws), "steps": plan.steps,
                         "consumed": [plan.consumed(q, self.step) for q in range(len(plan.draws))]},
@@ -337,6 +377,7 @@ class RoundTraining:
             "cluster_draws": _draws_summary(self.tally.draws.numpy(), self.sizes,
                                             self.sampler.expected_draws),
             "loss_every": config["loss_every"], "loss_curve": self.loss_curve,
+            "lr_first_last": [self._lr(0), self._lr(plan.steps - 1)],
             "final_loss": self.loss_curve[-1][1] if self.loss_curve else None,
             "resumed_from_step": first or None,
             "timings": {**{k: round(v, 3) for k, v in timing.items() if k != "samples"},
@@ -359,7 +400,27 @@ def _checked_k(shards: list[ShardInfo], labels_dir: Path) -> int:
     return int(index["k"])
 
 
-PATHS = ("labels_dir", "model_path", "body_optim_path")  # a moved workspace may still resume
+# a moved workspace may still resume
+PATHS = ("labels_dir", "model_path", "body_optim_path", "more_labels", "centroids")
+
+
+def _check_method(config: dict, model: ModelSpec) -> None:
+    if config["method"] == "deepcluster-v2" and not (model.projection and config["centroids"]):
+        raise SettingsError("deepcluster-v2 trains a model with a projection head ([model] "
+                            "projection > 0) against the round's centroids")
+    if config["method"] == "deepcluster" and model.projection:
+        raise SettingsError("deepcluster (v1) trains a top layer on the penultimate features: "
+                            "set [model] projection = 0, or [train] method = \"deepcluster-v2\"")
+
+
+def _centroids(paths: list[str], dim: int) -> list[torch.Tensor]:
+    """Every head's centroids, checked to live in the projection's space (no PCA before)."""
+    found = [torch.from_numpy(np.load(p, allow_pickle=False)).float() for p in paths]
+    for path, c in zip(paths, found):
+        if c.dim() != 2 or c.shape[1] != dim:
+            raise SettingsError(f"{path} holds {tuple(c.shape)} centroids, the projection has "
+                                f"{dim} dims: cluster deepcluster-v2 rounds with [cluster] pca_dim = 0")
+    return found
 
 
 def _check_same_config(saved: dict, config: dict, path: Path) -> None:

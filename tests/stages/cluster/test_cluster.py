@@ -262,3 +262,20 @@ def test_no_refine_pass_when_the_sample_is_every_row(blob_store, tmp_path):
     assert record["objective_refine"] == []
     with pytest.raises(ValueError, match="refine_passes"):
         run_cluster(blob_store[0], tmp_path / "bad", k=8, seed=1, refine_passes=-1, **QUIET)
+
+
+def test_spherical_heads_each_label_every_row_with_unit_centroids(blob_store, tmp_path):
+    path, x, blob, valid = blob_store
+    record = run_cluster(path, tmp_path, k=8, heads=3, pca_dim=0, seed=5, **QUIET)
+    names = ["000000", "000001", "000002"]
+    heads = [all_labels(tmp_path / folder, names) for folder in ("labels", "labels.1", "labels.2")]
+    for h, labels in enumerate(heads):
+        assert (labels[~valid] == -1).all() and (labels[valid] >= 0).all()
+        centroids = np.load(tmp_path / ("centroids.npy" if h == 0 else f"centroids.{h}.npy"))
+        assert centroids.shape == (8, 24)  # no PCA: the store's own dims
+        assert np.allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+        assert read_index(tmp_path / ("labels" if h == 0 else f"labels.{h}"))["head"] == h
+    # each head is its own k-means run (own seed), all of the same 8 well separated blobs
+    assert metrics.nmi(heads[1][valid], blob[valid]) > 0.9
+    assert record["pca_dim"] == 0 and len(record["heads"]) == 2
+    assert record["heads"][0]["k"] == 8

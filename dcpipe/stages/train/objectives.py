@@ -1,0 +1,35 @@
+"""What a training step minimises, per method. Both return the loss summed over the samples
+(the step scales it to a mean over the global batch); `blank` is the zero loss of a rank whose
+part of a step is empty (DDP needs every rank to make the same passes)."""
+import torch
+import torch.nn.functional as F
+
+
+class Classification:
+    """DeepCluster: cross-entropy of the round's fresh top layer against the pseudo-label."""
+
+    def loss(self, net, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(net(images), labels, reduction="sum")
+
+    def blank(self, net, images: torch.Tensor) -> torch.Tensor:
+        return net(images.new_zeros((1, *images.shape[1:]))).sum() * 0.0
+
+
+class PrototypeMatching:
+    """DeepCluster-v2: every crop of an image predicts the image's assignment in every head,
+    through the fixed prototypes; cross-entropy averaged over heads and crops."""
+
+    def __init__(self, unpack):
+        self.unpack = unpack  # packed samples -> list of crops (multicrop.MultiCrop.unpack)
+
+    def loss(self, net, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        crops = self.unpack(images)
+        heads = net(crops)  # per head: (crops x n, k) logits, crop after crop
+        targets = labels.view(len(images), -1)
+        total = sum(F.cross_entropy(logits, targets[:, h].repeat(len(crops)), reduction="sum")
+                    for h, logits in enumerate(heads))
+        return total / (len(heads) * len(crops))
+
+    def blank(self, net, images: torch.Tensor) -> torch.Tensor:
+        crops = self.unpack(images.new_zeros((1, *images.shape[1:])))
+        return sum(logits.sum() for logits in net(crops)) * 0.0
