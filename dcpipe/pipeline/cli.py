@@ -225,6 +225,10 @@ def _round_model(ws: Workspace, r: int | None):
               help="Pooled dims of each conv layer's linear probe (0: the architecture's budget).")
 @click.option("--kmeans-pca", type=int, default=EvalSettings.kmeans_pca, show_default=True,
               help="PCA-whiten to this many dims before the k-means (0: plain features).")
+@click.option("--kmeans-l2/--no-kmeans-l2", default=EvalSettings.kmeans_l2, show_default=True,
+              help="L2-normalise the features before the k-means.")
+@click.option("--kmeans-runs", type=int, default=EvalSettings.kmeans_runs, show_default=True,
+              help="k-means seeds; the table shows their mean and spread.")
 @click.option("--max-train", type=int, default=EvalSettings.max_train, show_default=True)
 @click.option("--max-test", type=int, default=EvalSettings.max_test, show_default=True)
 @click.option("--sample-seed", type=int, default=EvalSettings.sample_seed, show_default=True,

@@ -150,9 +150,7 @@ def evaluate(train_src, test_src, model: ModelSpec = ModelSpec(),
         tap = Tap(net, s.layers if "linear" in s.protocols else [PENULTIMATE],
                   probe_dims=s.probe_dims or None)
         io = {"seed": s.sample_seed, "batch_size": s.batch_size, "workers": s.workers}
-        result.update(_classification(train_src, test_src, tap, s.protocols, io, knn_k=s.knn_k,
-                                      kmeans_pca=s.kmeans_pca or None,
-                                      limits=(s.max_train, s.max_test)))
+        result.update(_classification(train_src, test_src, tap, s, io))
         result["seconds"]["classification"] = round(time.monotonic() - started, 2)
     if "retrieval" in s.protocols:
         begun = time.monotonic()
@@ -172,8 +170,9 @@ def compare_random(train_src, test_src, settings: EvalSettings = EvalSettings(),
     return {model_label(trained): trained, model_label(baseline): baseline}
 
 
-def _classification(train_src, test_src, tap, protocols, io, *, knn_k, kmeans_pca, limits):
-    classes, (max_train, max_test) = ClassIndex(), limits
+def _classification(train_src, test_src, tap, settings: EvalSettings, io):
+    protocols, knn_k = settings.protocols, settings.knn_k
+    classes, max_train, max_test = ClassIndex(), settings.max_train, settings.max_test
     out, fitted, knn = {}, {}, None
     if {"linear", "knn"} & set(protocols):
         out["train"], fitted, knn = fit_pass(train_src, tap, classes, protocols, knn_k,
@@ -192,6 +191,8 @@ def _classification(train_src, test_src, tap, protocols, io, *, knn_k, kmeans_pc
                       "temperature": knn.temperature}
     if "kmeans" in protocols:
         out["kmeans"] = probes.kmeans_quality(rows, labels, k=len(np.unique(labels)),
-                                              seed=io["seed"], pca_dim=kmeans_pca)
+                                              seed=io["seed"], pca_dim=settings.kmeans_pca or None,
+                                              normalise=settings.kmeans_l2,
+                                              runs=settings.kmeans_runs)
     out["classes"] = len(classes.ids)
     return out

@@ -11,8 +11,12 @@ def result_rows(result: dict) -> list[tuple[str, str, float]]:
         rows.append(("knn", f"top-1 (k={result['knn']['k']})", result["knn"]["top1"]))
     if "kmeans" in result:
         km = result["kmeans"]
-        how = f"k={km['k']}" + (f", PCA-whitened {km['pca_dim']}" if km.get("pca_dim") else "")
-        rows += [("kmeans", f"{label} ({how})", km[key]) for key, label in METRIC_NAMES]
+        how = f"k={km['k']}" + (f", PCA-whitened {km['pca_dim']}" if km.get("pca_dim") else "") \
+            + (", L2-normalised" if km.get("normalised") else "")
+        runs = f", mean of {km['runs']} runs" if "runs" in km else ""  # older records: one run
+        rows += [("kmeans", f"{label} ({how}{runs})", km[key]) for key, label in METRIC_NAMES]
+        rows += [("kmeans", f"{label} std over runs", km[f"{key}_std"])
+                 for key, label in METRIC_NAMES if f"{key}_std" in km]
     if "retrieval" in result:
         rows.append(("retrieval", "mAP (R-MAC)", result["retrieval"]["map"]))
     return rows

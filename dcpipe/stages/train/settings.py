@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from dcpipe.errors import SettingsError
 
 METHODS = ("deepcluster", "deepcluster-v2")
+PRECISIONS = ("auto", "bf16", "fp32")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -25,10 +26,13 @@ class TrainSettings:
     total_rounds: int = 0  # cosine: rounds the schedule spans (0: those of `dcpipe run --rounds`)
     temperature: float = 0.1  # deepcluster-v2: logits = prototypes . z / temperature
     small_crops: int = 6  # deepcluster-v2: crops at half the input size, besides the 2 full ones
+    precision: str = "auto"  # bf16 autocast where the CPU/GPU has fast bf16 (auto), bf16 or fp32
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise SettingsError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.lr_schedule not in SCHEDULES:
             raise SettingsError(f"lr_schedule must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}")
         if self.warmup_rounds < 0 or self.total_rounds < 0 or self.small_crops < 0 \

@@ -41,6 +41,7 @@ from dcpipe.stages.common import seeds
 from dcpipe.stages.common.distributed import ProcessGroup
 from dcpipe.stages.common.labels import LabelsError, read_index
 from dcpipe.stages.common.models import load_model, random_init, save_model, train_transform
+from dcpipe.stages.common.precision import autocast, autocast_dtype
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.train import outputs
@@ -119,7 +120,7 @@ class StepPlan:
 
 
 def train_step(net, optimizers, images, labels, scale: float, parts: int = 1,
-               objective=Classification()) -> torch.Tensor:
+               objective=Classification(), dtype=None) -> torch.Tensor:
     """One SGD step on the objective's summed loss * scale, in `parts` forward/backward passes
     whose gradients add up (DDP syncs on the last); returns that loss (detached).
 
@@ -133,12 +134,13 @@ def train_step(net, optimizers, images, labels, scale: float, parts: int = 1,
     for j, (x, y) in enumerate(zip(images.tensor_split(parts), labels.tensor_split(parts))):
         last = j == parts - 1
         with nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
-            if len(y):
-                loss = objective.loss(net, x, y) * scale
-            else:
-                net.eval()
-                loss = objective.blank(net, images)
-                net.train()
+            with autocast(images.device, dtype):
+                if len(y):
+                    loss = objective.loss(net, x, y) * scale
+                else:
+                    net.eval()
+                    loss = objective.blank(net, images)
+                    net.train()
             loss.backward()
         total += loss.detach()
     for opt in optimizers:
@@ -211,6 +213,7 @@ class RoundTraining:
         self.plan = StepPlan.make(ctx.sum(draws).tolist(), config["batch_size"])
         self.model, self.body_opt, self.top_opt = self._model_and_optimisers(ckpt is None)
         self.transform, self.sample_shape, self.objective = self._augmentation()
+        self.dtype = autocast_dtype(config["precision"], ctx.device)
         self.tally = Tally(self.k, ctx.device)
         self.step, self.loss_curve, self.elapsed_before = 0, [], 0.0
         if ckpt is not None:
@@ -229,7 +232,7 @@ class RoundTraining:
         else:
             top_seed = seeds.int_seed(c["seed"], c["round"], Domain.TOP_INIT)
             model.replace_top(self.k, torch.Generator().manual_seed(top_seed))
-        model.to(self.ctx.device).train()
+        model.to(self.ctx.device, memory_format=torch.channels_last).train()
         body = torch.optim.SGD(model.body_parameters(), lr=c["lr"], momentum=c["momentum"],
                                weight_decay=c["weight_decay"])
         top = (torch.optim.SGD(model.top.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
@@ -305,7 +308,7 @@ class RoundTraining:
             loss = train_step(net, self.optimizers, images.to(ctx.device, non_blocking=True),
                               labels.to(ctx.device, non_blocking=True),
                               ctx.world / plan.global_batch(i), plan.parts(i, c["batch_size"]),
-                              self.objective)
+                              self.objective, self.dtype)
             self.tally.add(loss, labels)
             self._after_step(i + 1, checkpoint_every, time.perf_counter() - loop_start, bar)
         return waited

@@ -103,3 +103,13 @@ def test_kmeans_refuses_more_clusters_than_samples():
     x, y = separable(n_per_class=2, classes=2, dim=4)
     with pytest.raises(ValueError, match="k=5"):
         probes.kmeans_quality(x, y, k=5)
+
+
+def test_kmeans_quality_averages_seeded_runs_and_can_normalise():
+    x, y = separable(n_per_class=25, classes=3, dim=8)
+    scaled = x * np.linspace(0.1, 10, len(x))[:, None]  # lengths differ, directions do not
+    result = probes.kmeans_quality(scaled, y, k=3, seed=4, normalise=True, runs=4)
+    assert result["runs"] == 4 and len(result["per_run"]) == 4 and result["normalised"]
+    assert result["acc"] == pytest.approx(np.mean([r["acc"] for r in result["per_run"]]))
+    assert result["acc_std"] == pytest.approx(np.std([r["acc"] for r in result["per_run"]]))
+    assert result["nmi"] == pytest.approx(1.0)  # on the unit sphere the classes separate again

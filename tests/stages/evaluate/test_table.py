@@ -44,3 +44,11 @@ def test_comparison_puts_the_baseline_beside_with_the_gain():
     knn_line = next(l for l in text.splitlines() if l.startswith("knn"))
     assert knn_line.split()[-2:] == ["-", "-"]  # not measured for the baseline
     assert "random init (seed 0)" in text.splitlines()[0]
+
+
+def test_kmeans_over_several_runs_shows_mean_and_spread():
+    runs = {**TRAINED, "kmeans": {**TRAINED["kmeans"], "normalised": True, "runs": 5,
+                                  "nmi_std": 0.01, "ari_std": 0.02, "acc_std": 0.03}}
+    rows = result_rows(runs)
+    assert ("kmeans", "ACC (Hungarian) (k=10, L2-normalised, mean of 5 runs)", 0.45) in rows
+    assert ("kmeans", "ACC (Hungarian) std over runs", 0.03) in rows
