@@ -1,30 +1,41 @@
-"""Learning quality on CIFAR-10: DeepCluster rounds with dcpipe's defaults, measured per round.
+"""Learning quality on CIFAR-10 at a fixed wall-clock budget: what a method learns per CPU-hour.
 
 The 50,000 CIFAR-10 training images are split per class into a collection (the rest) and a
-held-out part (`--holdout` per class) that no round ever sees. The collection is sharded and
-`dcpipe run` performs the rounds exactly as a user's cron would; after each round the model is
-measured on held-out images with the labels (evaluation only):
+held-out part (`--holdout` per class) that no round ever sees. The collection is sharded (not
+counted in the budget), then `dcpipe run` performs rounds exactly as a user's cron would, round
+after round, while the next round still fits in the budget (`--budget-minutes`, measured from
+the first round's start; a cosine schedule is fitted to the rounds that fit: the first round is
+its warm-up, after it the round time sets [train] total_rounds). Then the last model and a random
+init of the same architecture are measured with labels (evaluation only):
 
-- NMI of the round's own clusters against the labels (clusters.json, whole collection);
-- k-means with k = 10 on the held-out images' features: NMI and clustering accuracy (Hungarian);
-- weighted k-NN accuracy (k = 20, cosine) of the held-out images against a labelled subset of
-  the collection (`--probe` per class),
+- k-means with k = 10 on the held-out images' features (the clustering feature: v1's
+  penultimate layer, v2's projection), L2-normalised: ACC (Hungarian) and NMI, mean and spread
+  over `--kmeans-runs` seeds;
+- weighted k-NN top-1 (k = 20, cosine) of the held-out images against a labelled part of the
+  collection (`--probe` per class);
+- linear probes on every conv layer and the clustering feature; the best one is reported;
+- training images per second (all crops of an image count as one image).
 
-next to the same measures for the randomly initialised network (round -1 in the table).
-
-    python benchmarks/cifar_quality.py --rounds 6 --work /tmp/cifar-quality
+    python benchmarks/cifar_quality.py --method deepcluster-v2 --budget-minutes 60 \\
+        --work /tmp/cq-v2 [--set train.lr=0.3 --set model.width=32 ...]
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
-from dcpipe.shards.atomic import read_json
+import tomli_w
+
+from dcpipe.pipeline import config as configuration
 from dcpipe.pipeline.workspace import Workspace
+from dcpipe.shards.atomic import read_json
+from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.evaluate import EvalSettings, evaluate
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10" / "train"
@@ -48,64 +59,130 @@ def link_split(cifar: Path, work: Path, holdout: int, probe: int) -> dict:
     return roots
 
 
-def dcpipe(ws: Path, *args) -> None:
-    subprocess.run([DCPIPE, "-q", "-w", str(ws), *args], check=True)
+def parse_sets(items: list[str]) -> dict:
+    """["train.lr=0.3", "model.sobel=false"] -> {"train": {"lr": 0.3}, "model": {"sobel": False}}."""
+    changes: dict = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        changes.setdefault(section, {})[name] = tomllib.loads(f"v = {value}")["v"]
+    return changes
 
 
-def measure(roots: dict, model_path, seed: int) -> dict:
-    result = evaluate(roots["probe"], roots["heldout"], settings=EvalSettings(protocols=("knn", "kmeans")),
-                      model_path=model_path, seed=seed)
-    return {"knn_top1": result["knn"]["top1"], "heldout_nmi": result["kmeans"]["nmi"],
-            "heldout_acc": result["kmeans"]["acc"]}
+def write_config(ws: Workspace, method: str, changes: dict) -> configuration.Config:
+    """dcpipe.toml naming the method and the changes; returns the config it loads as."""
+    changes = {**changes, "train": {"method": method, **changes.get("train", {})}}
+    ws.root.mkdir(parents=True, exist_ok=True)
+    ws.config_path.write_text(tomli_w.dumps(changes))
+    return ws.config()
+
+
+def dcpipe(ws: Workspace, *args) -> None:
+    subprocess.run([DCPIPE, "-q", "-w", str(ws.root), *args], check=True)
+
+
+def set_total_rounds(ws: Workspace, total: int) -> None:
+    values = read_toml(ws.config_path)
+    values.setdefault("train", {})["total_rounds"] = total
+    ws.config_path.write_text(tomli_w.dumps(values))
+
+
+def read_toml(path: Path) -> dict:
+    return tomllib.loads(path.read_text())
+
+
+def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log) -> list[dict]:
+    """Rounds while the next one fits in the budget; returns each round's time and record."""
+    rows, started = [], time.perf_counter()
+    cosine = config.train.lr_schedule == "cosine"
+    r = 0
+    while True:
+        begun = time.perf_counter()
+        dcpipe(ws, "run", "--rounds", str(r + 1))
+        seconds = time.perf_counter() - begun
+        here = ws.round(r)
+        train = read_json(here.train_record)
+        rows.append({"round": r, "seconds": round(seconds, 1),
+                     "own_nmi": read_json(here.clusters_record)["nmi_true"],
+                     "final_loss": train["final_loss"],
+                     "images_per_s": train["timings"]["images_per_s"]})
+        log(json.dumps(rows[-1]))
+        elapsed = time.perf_counter() - started
+        if r == 0 and cosine and config.train.total_rounds == 0:
+            # the warm-up round's length sets how many rounds the budget holds
+            set_total_rounds(ws, max(1, int(budget_s // seconds)))
+            log(f"cosine schedule over {read_toml(ws.config_path)['train']['total_rounds']} rounds")
+        total = read_toml(ws.config_path).get("train", {}).get("total_rounds", 0)
+        r += 1
+        if (total and r >= total) or elapsed + seconds > budget_s:
+            return rows
+
+
+def measure(roots: dict, model_path, spec: ModelSpec, seed: int, runs: int) -> dict:
+    """Held-out quality of a model (or the random init of `spec`), as the README table shows."""
+    settings = EvalSettings(protocols=("linear", "knn", "kmeans"), kmeans_l2=True, kmeans_runs=runs)
+    result = evaluate(roots["probe"], roots["heldout"], spec, settings, model_path=model_path,
+                      seed=seed)
+    linear = {name: probe["top1"] for name, probe in result["linear"].items()}
+    best = max(linear, key=linear.get)
+    km = result["kmeans"]
+    return {"kmeans_acc": km["acc"], "kmeans_acc_std": km["acc_std"], "kmeans_nmi": km["nmi"],
+            "kmeans_nmi_std": km["nmi_std"], "knn_top1": result["knn"]["top1"],
+            "best_linear": linear[best], "best_linear_layer": best, "linear": linear}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", default="deepcluster", choices=["deepcluster", "deepcluster-v2"])
+    parser.add_argument("--budget-minutes", type=float, default=60.0)
+    parser.add_argument("--set", dest="sets", action="append", default=[],
+                        help="a setting, section.name=TOML value (repeatable)")
     parser.add_argument("--cifar", type=Path, default=CIFAR)
     parser.add_argument("--work", type=Path, default=Path("/tmp/cifar-quality"))
-    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--holdout", type=int, default=500, help="held-out images per class")
-    parser.add_argument("--probe", type=int, default=1000, help="labelled k-NN images per class")
+    parser.add_argument("--probe", type=int, default=1000, help="labelled probe images per class")
+    parser.add_argument("--kmeans-runs", type=int, default=5)
+    parser.add_argument("--shards-from", type=Path,
+                        help="a shards folder of the same collection to link instead of sharding")
     args = parser.parse_args()
-    ws = args.work / "ws"
+    log = lambda message: print(message, flush=True)  # noqa: E731
     roots = link_split(args.cifar, args.work, args.holdout, args.probe)
-    results_path = args.work / "quality.json"
-    results = read_json(results_path, {})
-    if "random" not in results:
-        results["random"] = measure(roots, None, seed=0)
+    ws = Workspace(args.work / "ws")
+    if ws.rounds():
+        raise SystemExit(f"{ws.root} already has rounds: use a new --work folder")
+    config = write_config(ws, args.method, parse_sets(args.sets))
     started = time.perf_counter()
-    dcpipe(ws, "shard", "--src", str(roots["collection"]))
-    results["shard_seconds"] = round(time.perf_counter() - started, 1)
-    for r in range(args.rounds):
-        if str(r) in results:
-            continue
-        started = time.perf_counter()
-        dcpipe(ws, "run", "--rounds", str(r + 1))
-        row = {"seconds": round(time.perf_counter() - started, 1)}
-        here = Workspace(ws).round(r)
-        row["own_nmi"] = read_json(here.clusters_record)["nmi_true"]
-        row.update(measure(roots, here.model, seed=0))
-        results[str(r)] = row
-        print(json.dumps({"round": r, **row}), flush=True)
-        results_path.write_text(json.dumps(results, indent=1))
-    print_table(results, args.rounds)
+    if args.shards_from:
+        shutil.copytree(args.shards_from, ws.shards_dir, copy_function=os.link)
+    else:
+        dcpipe(ws, "shard", "--src", str(roots["collection"]))
+    shard_s = time.perf_counter() - started
+    rows = run_rounds(ws, config, args.budget_minutes * 60, log)
+    last = ws.round(rows[-1]["round"]).model
+    trained = measure(roots, last, config.model, config.seed, args.kmeans_runs)
+    random = measure(roots, None, config.model, config.seed, args.kmeans_runs)
+    result = {"method": args.method, "sets": args.sets, "budget_minutes": args.budget_minutes,
+              "shard_s": round(shard_s, 1), "rounds": rows,
+              "rounds_s": round(sum(r["seconds"] for r in rows), 1),
+              "config": configuration.load(ws.config_path).as_dict(),
+              "trained": trained, "random": random, "cpus": os.cpu_count()}
+    (args.work / "quality.json").write_text(json.dumps(result, indent=1))
+    print_table(result)
 
 
-def print_table(results: dict, rounds: int) -> None:
-    print("\n| round | NMI own clusters (collection) | k-means k=10 NMI (held-out) | "
-          "k-means k=10 ACC (held-out) | k-NN top-1 (held-out) | round wall time |")
-    print("|---|---|---|---|---|---|")
-    rnd = results["random"]
-    print(f"| random init | - | {rnd['heldout_nmi']:.3f} | {rnd['heldout_acc']:.3f} | "
-          f"{rnd['knn_top1']:.3f} | - |")
-    total = 0.0
-    for r in range(rounds):
-        row = results[str(r)]
-        total += row["seconds"]
-        print(f"| {r} | {row['own_nmi']:.3f} | {row['heldout_nmi']:.3f} | {row['heldout_acc']:.3f} | "
-              f"{row['knn_top1']:.3f} | {row['seconds']:.0f} s |")
-    print(f"\nshard {results['shard_seconds']:.0f} s; rounds {total / 60:.1f} min in all "
-          f"({os.cpu_count()} cores)")
+def print_table(result: dict) -> None:
+    rows = result["rounds"]
+    img_s = sum(r["images_per_s"] for r in rows) / len(rows)
+    print(f"\n{result['method']} {' '.join(result['sets'])}: {len(rows)} rounds in "
+          f"{result['rounds_s'] / 60:.1f} min (budget {result['budget_minutes']:.0f}), "
+          f"train {img_s:.0f} img/s, shard {result['shard_s']:.0f} s, {result['cpus']} cores")
+    print("| model | k-means ACC | k-means NMI | k-NN top-1 | best linear probe |")
+    print("|---|---|---|---|---|")
+    for name in ("trained", "random"):
+        m = result[name]
+        print(f"| {name} | {m['kmeans_acc']:.3f} ± {m['kmeans_acc_std']:.3f} | "
+              f"{m['kmeans_nmi']:.3f} ± {m['kmeans_nmi_std']:.3f} | {m['knn_top1']:.3f} | "
+              f"{m['best_linear']:.3f} ({m['best_linear_layer']}) |")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ class Domain(IntEnum):
     DROPOUT = 11  # dropout masks of a step
     EVAL_SUBSET = 12  # the labelled images an evaluation uses
     REPORT_SAMPLE = 13  # shards, clusters and queries a report shows
+    COLOUR = 14  # DeepCluster-v2's colour distortion of a step's batch
 
 
 def sequence(seed: int, round_index: int, domain: Domain, *keys: int) -> np.random.SeedSequence:

@@ -303,6 +303,9 @@ class RoundTraining:
             t = time.perf_counter()
             images, labels = batches.take(plan.batch(ctx.rank, i))
             waited += time.perf_counter() - t
+            if isinstance(self.transform, MultiCrop):  # v2: colour steps batched, seeded per step
+                colour = seeds.int_seed(c["seed"], c["round"], Domain.COLOUR, ctx.rank, i)
+                images = self.transform.distort(images, torch.Generator().manual_seed(colour))
             torch.manual_seed(seeds.int_seed(c["seed"], c["round"], Domain.DROPOUT, i, ctx.rank))
             self._set_lr(i)
             loss = train_step(net, self.optimizers, images.to(ctx.device, non_blocking=True),
