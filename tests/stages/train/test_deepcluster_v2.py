@@ -1,0 +1,180 @@
+"""DeepCluster-v2 training: fixed prototypes, multi-crop targets, the cosine schedule under
+kill and resume, and a 2-rank round."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dcpipe.stages.common.labels import load_labels, write_labels
+from dcpipe.stages.common.models import build_model, load_model
+from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.train import TrainSettings
+from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
+from dcpipe.stages.train.batches import MergedBatches, open_streams
+from dcpipe.stages.train.multicrop import MultiCrop
+from dcpipe.stages.train.objectives import PrototypeMatching
+from dcpipe.stages.train.schedule import lr_at
+from dcpipe.stages.train.stage import train
+from support.labelled_shards import label_of_pixels, make_collection
+from support.settings import pop_settings
+
+torch.set_num_threads(1)
+K, DIM = 4, 16
+OPTIONS = {"sobel": False, "width": 4, "projection": DIM, "input_size": 32,
+           "method": "deepcluster-v2", "batch_size": 16, "small_crops": 2, "workers": 1,
+           "lr": 0.1, "lr_schedule": "cosine", "warmup_rounds": 0.5, "total_rounds": 3,
+           "weight_decay": 1e-6, "checkpoint_every": 3, "loss_every": 2, "seed": 1,
+           "round_index": 1, "progress": False}
+RUNNER = Path(__file__).parents[2] / "support" / "train_runner.py"
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory):
+    """A planted collection (4 clusters), two heads of labels and their unit centroids."""
+    root = tmp_path_factory.mktemp("v2")
+    rng = np.random.default_rng(0)
+    shards, labels_dir = make_collection(root, [rng.integers(0, K, n).astype(np.int32)
+                                                for n in (60, 50, 40)], K, image_size=16)
+    published = []
+    for shard in shards:
+        keys, labels = load_labels(labels_dir, shard.name)
+        published.append((shard.name, keys, (labels + 1) % K))  # head 1: another labelling
+    more = write_labels(root, published, {"k": K, "round": 1}, folder="labels.1")
+    centroids = []
+    for h in range(2):
+        c = rng.standard_normal((K, DIM)).astype(np.float32)
+        centroids.append(root / f"centroids.{h}.npy")
+        np.save(centroids[-1], c / np.linalg.norm(c, axis=1, keepdims=True))
+    return shards, labels_dir, [more], centroids
+
+
+def _prototype(path) -> torch.Tensor:
+    """A centroid file as the prototypes hold it: rows on the unit sphere."""
+    return torch.nn.functional.normalize(torch.from_numpy(np.load(path)), dim=1)
+
+
+def run_v2(heads, out, **overrides):
+    shards, labels_dir, more, centroids = heads
+    options = {**OPTIONS, **overrides}
+    return train(shards, labels_dir, out, pop_settings(ModelSpec, options),
+                 pop_settings(TrainSettings, options), more_labels=more, centroids=centroids,
+                 **options)
+
+
+def test_prototypes_are_the_round_centroids_and_do_not_move(heads, tmp_path):
+    record = run_v2(heads, tmp_path)
+    model, meta = load_model(tmp_path / "model.pt")
+    assert meta["top_k"] == [K, K] and meta["projection"] == DIM
+    for buffer, path in zip(model.top.heads, heads[3]):
+        assert torch.equal(buffer, _prototype(path))  # exactly as set at the round's start
+    assert not list(model.top.parameters())  # buffers: no gradient, no optimiser state
+    optim = torch.load(tmp_path / "optim_body.pt", weights_only=True)
+    assert len(optim["state"]) == len(model.body_parameters())
+    first, last = record["lr_first_last"]
+    assert first == pytest.approx(lr_at(0.1, "cosine", 0.5, 3, 1, 0, record["steps"]))
+    assert last < first  # past the warm-up, the cosine decays through round 1 of 3
+    assert record["config"]["method"] == "deepcluster-v2" and record["samples"] == 150
+
+
+def test_every_crop_of_an_image_carries_its_target(heads):
+    shards, labels_dir, more, _ = heads
+    crops = MultiCrop(16, 3)
+    sampler = BalancedSampler(shards, labels_dir, cluster_sizes(shards, labels_dir, K),
+                              balanced=False, more_labels_dirs=more, streams=1)
+    streams = open_streams(sampler, 8, crops, workers=0)
+    batches = MergedBatches(sampler.stream_lengths(), 8, streams, crops.sample_shape,
+                            label_shape=(2,))
+    images, labels = batches.take(40)
+    assert labels.shape == (40, 2) and torch.equal(labels[:, 1], (labels[:, 0] + 1) % K)
+    unpacked = crops.unpack(images.float() / 255 * 0)  # shapes only
+    assert [tuple(c.shape[1:]) for c in unpacked] == [(3, 16, 16)] * 2 + [(3, 8, 8)] * 3
+    normalised = crops.unpack(_normalised(images))
+    for crop in normalised:  # a flat-colour image: every crop of it shows its planted label
+        assert [label_of_pixels(img) for img in crop] == labels[:, 0].tolist()
+
+
+def _normalised(packed: torch.Tensor) -> torch.Tensor:
+    from dcpipe.stages.train.multicrop import normalise
+
+    crops = MultiCrop(16, 3).unpack(packed)
+    return torch.cat([normalise(c.float() / 255).flatten(1) for c in crops], dim=1)
+
+
+def test_the_loss_pairs_every_crop_with_its_images_targets():
+    torch.manual_seed(0)
+    net = build_model(ModelSpec(sobel=False, width=4, projection=DIM), seed=0).eval()
+    net.set_prototypes([torch.randn(K, DIM), torch.randn(3, DIM)], 0.1)
+    crops = MultiCrop(32, 2)
+    packed = torch.randn(5, crops.sample_shape[0])
+    targets = torch.tensor([[0, 1], [3, 2], [1, 0], [2, 2], [0, 1]])
+    loss = PrototypeMatching(crops.unpack).loss(net, packed, targets)
+    expected = 0.0
+    for crop in crops.unpack(packed):  # crop by crop, head by head, against the image's target
+        for h, logits in enumerate(net([crop])):
+            expected += torch.nn.functional.cross_entropy(logits, targets[:, h], reduction="sum")
+    assert loss.item() == pytest.approx(expected.item() / (2 * 4), rel=1e-4)
+
+
+def test_cosine_schedule_warms_up_then_decays_and_is_a_function_of_round_and_step():
+    lr = [lr_at(0.3, "cosine", 1.0, 4, r, s, 10) for r in range(4) for s in range(10)]
+    assert lr[0] == 0.0 and lr[5] == pytest.approx(0.15) and lr[10] == pytest.approx(0.3)
+    assert all(a >= b for a, b in zip(lr[10:], lr[11:])) and lr[-1] < 0.01
+    assert lr_at(0.3, "constant", 1.0, 4, 2, 7, 10) == 0.3
+
+
+def _launch(launcher, heads, out, options):
+    shards, labels_dir, more, centroids = heads
+    payload = {"shards": str(shards[0].path.parent), "labels": str(labels_dir), "out": str(out),
+               "options": {**options, "more_labels": [str(p) for p in more],
+                           "centroids": [str(p) for p in centroids]}}
+    return subprocess.Popen([*launcher, str(RUNNER), json.dumps(payload)], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_then_rerun_continues_the_cosine_schedule_exactly(heads, tmp_path):
+    options = {**OPTIONS, "batch_size": 8, "checkpoint_every": 2}  # ~19 steps
+    reference = run_v2(heads, tmp_path / "uninterrupted", batch_size=8, checkpoint_every=2)
+    out = tmp_path / "killed"
+    proc = _launch([sys.executable], heads, out, options)
+    ckpt = out / "ckpt" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (out / "train.json").exists(), proc.stderr.read()[-2000:]
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < killed_at < reference["steps"]
+    record = run_v2(heads, out, batch_size=8, checkpoint_every=2)
+    assert record["resumed_from_step"] >= killed_at
+    assert record["lr_first_last"] == reference["lr_first_last"]
+    assert np.allclose([v for _, v in record["loss_curve"]],
+                       [v for _, v in reference["loss_curve"]], rtol=1e-5)
+    resumed = load_model(out / "model.pt")[0].state_dict()
+    uninterrupted = load_model(tmp_path / "uninterrupted" / "model.pt")[0].state_dict()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_two_rank_torchrun_v2_round(heads, tmp_path):
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone",
+                "--nproc-per-node", "2"]
+    proc = _launch(torchrun, heads, tmp_path, OPTIONS)
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail("the 2-rank v2 round hung")
+    assert proc.returncode == 0, stderr[-3000:]
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["world_size"] == 2 and sum(record["samples_per_rank"]) == 150
+    model, _ = load_model(tmp_path / "model.pt")
+    for buffer, path in zip(model.top.heads, heads[3]):
+        assert torch.equal(buffer, _prototype(path))
