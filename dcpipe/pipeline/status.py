@@ -35,7 +35,8 @@ def _train_summary(record: dict | None) -> dict | None:
         return None
     timings = record.get("timings", {})
     return {**_pick(record, TRAIN_KEYS), "images_per_s": timings.get("images_per_s"),
-            "seconds": timings.get("train_s_all_runs")}
+            "seconds": timings.get("train_s_all_runs"),
+            "method": record.get("config", {}).get("method", "deepcluster")}
 
 
 def _round_summary(d: RoundDir) -> dict:
@@ -70,12 +71,13 @@ def format_text(status: dict) -> str:
     lines += [f"           {reason}: {n}" for reason, n in c["rejects_by_reason"].items()]
     if status["rounds"]:
         lines.append("round  extract cluster train  k      nmi_true nmi_prev acc_true loss     "
-                     "cluster_s train_s")
+                     "cluster_s train_s method")
     for rd in status["rounds"]:
         cl, tr = rd["cluster"] or {}, rd["train"] or {}
         marks = [("done" if rd["steps"][s] else "-").ljust(7) for s in STEPS]
         lines.append(f"{rd['round']:<6} {' '.join(marks)} {_fmt(cl.get('k')):<6} "
                      f"{_fmt(cl.get('nmi_true')):<8} {_fmt(cl.get('nmi_prev')):<8} "
                      f"{_fmt(cl.get('acc_true')):<8} {_fmt(tr.get('final_loss')):<8} "
-                     f"{_seconds(cl.get('seconds')):<9} {_seconds(tr.get('seconds'))}")
+                     f"{_seconds(cl.get('seconds')):<9} {_seconds(tr.get('seconds')):<7} "
+                     f"{tr.get('method', '-')}")
     return "\n".join(lines)

@@ -91,3 +91,18 @@ def test_shards_added_between_rounds_join_the_next_round(tmp_path):
     assert used == [["000000", "000001"], ["000000", "000001", "000002"]]
     rounds = status(ws)["rounds"]
     assert [r["cluster"]["n_samples"] for r in rounds] == [80, 120]
+
+
+def test_a_deepcluster_v2_workspace_runs_its_rounds_and_says_so(tmp_path):
+    ws = tiny_workspace(tmp_path / "ws")
+    v2 = TINY.replace("pca_dim = 16\n", "")  # v2 clusters its projections unwhitened
+    (ws / "dcpipe.toml").write_text(v2.replace("[train]\n", '[train]\nmethod = "deepcluster-v2"\n'
+                                               "small_crops = 2\n"))
+    out = dcpipe(ws, "-q", "run", "--rounds", "2")
+    assert out.returncode == 0, out.stderr
+    rounds = status(ws)["rounds"]
+    assert [r["train"]["method"] for r in rounds] == ["deepcluster-v2"] * 2
+    config = json.loads((ws / "rounds" / "0001" / "config.json").read_text())["train"]
+    assert config["model"]["projection"] == 128 and config["train"]["total_rounds"] == 2
+    assert (ws / "rounds" / "0001" / "labels.2" / "index.json").exists()
+    assert "deepcluster-v2" in dcpipe(ws, "status").stdout

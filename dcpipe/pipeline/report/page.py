@@ -91,9 +91,11 @@ def summary_section(records) -> Section:
     rows = []
     for rec in records:
         clusters, train = rec.clusters or {}, rec.train or {}
+        method = train.get("config", {}).get("method", "-") if train else "-"
         rows.append([rec.round, *(_fmt(clusters.get(key)) for key, _ in SUMMARY_COLUMNS),
-                     _fmt(train.get("final_loss")), "yes" if rec.model_path else "no"])
-    header = ["round", *(label for _, label in SUMMARY_COLUMNS), "final loss", "trained"]
+                     _fmt(train.get("final_loss")), "yes" if rec.model_path else "no", method])
+    header = ["round", *(label for _, label in SUMMARY_COLUMNS), "final loss", "trained",
+              "method"]
     return Section("Rounds", table=_table(header, rows))
 
 
