@@ -37,7 +37,8 @@ def run_variant(work: Path, number: int, overrides: dict, rounds: int) -> dict:
     ws = work / f"variant{number}"
     ws.mkdir(parents=True, exist_ok=True)
     settings = configuration.with_changes(
-        configuration.with_changes(configuration.Config(), DEMO_SETTINGS, "demo"), overrides, "variant")
+        configuration.with_changes(configuration.default_config(), DEMO_SETTINGS, "demo"), overrides,
+        "variant")
     (ws / "dcpipe.toml").write_text(configuration.dumps(settings))
     started = time.perf_counter()
     subprocess.run([DCPIPE, "-q", "-w", str(ws), "demo", "--rounds", str(rounds)], check=True,

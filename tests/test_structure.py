@@ -1,14 +1,14 @@
 """The house rules, checked: data flows one way and defaults live in one place."""
 import ast
+import re
 import subprocess
 import sys
 import tomllib
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from dcpipe.pipeline import config
+from dcpipe.pipeline import config, methods
 
 PACKAGE = Path(config.__file__).resolve().parents[1]  # the dcpipe/ folder
 SHARED = {"common", "sources"}  # the only stage-level packages others may import
@@ -79,15 +79,41 @@ def test_the_import_check_catches_a_cross_stage_import(tmp_path, where, line, ex
     assert found and all(expected in message for message in found), found
 
 
-def test_every_settings_default_equals_defaults_toml():
-    commented = tomllib.loads(config.template())
-    assert commented == asdict(config.Config())
+def template_values(text: str) -> tuple[dict, dict]:
+    """(the template's settings, {(section, key): {method: value}} of its commented-out ones)."""
+    commented, section = {}, ""
+    for line in text.splitlines():
+        if line.startswith("["):
+            section = line.strip("[] ")
+        found = re.match(r"# (\w+) = .*by method: (.*)$", line)
+        if found:
+            commented[(section, found.group(1))] = tomllib.loads(
+                found.group(2).replace(", ", "\n").replace("deepcluster-v2", '"deepcluster-v2"'))
+    return tomllib.loads(text), commented
 
 
-def test_a_drifted_default_is_seen(monkeypatch):
-    drifted = config.template().replace("k = 100", "k = 101")
-    monkeypatch.setattr(config, "template", lambda: drifted)
-    assert tomllib.loads(config.template()) != asdict(config.Config())
+def test_every_settings_default_equals_defaults_toml(tmp_path):
+    written, commented = template_values(config.template())
+    expected = config.defaults()
+    for section, values in written.items():
+        if isinstance(values, dict):
+            assert values == {k: v for k, v in expected[section].items()
+                              if (section, k) not in methods.method_keys()}, section
+    assert set(commented) == methods.method_keys()  # what a method decides is left to it
+    for (section, key), by_method in commented.items():
+        assert by_method == {m: config.defaults(m)[section][key] for m in methods.METHOD_CHANGES}
+    path = tmp_path / "dcpipe.toml"
+    path.write_text(config.template())
+    assert config.load(path) == config.default_config()
+
+
+def test_a_drifted_default_is_seen():
+    drifted = config.template().replace("shard_size = 1000", "shard_size = 1001")
+    written, _ = template_values(drifted)
+    assert written["shard"] != {k: v for k, v in config.defaults()["shard"].items()}
+    drifted = config.template().replace("deepcluster-v2 = 300", "deepcluster-v2 = 301")
+    _, commented = template_values(drifted)
+    assert commented[("cluster", "k")]["deepcluster-v2"] != config.defaults("deepcluster-v2")["cluster"]["k"]
 
 
 def test_status_and_the_cli_do_not_import_torch():

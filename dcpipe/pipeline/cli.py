@@ -15,6 +15,7 @@ from dcpipe.errors import DcpipeError
 from dcpipe.pipeline import config as configuration
 from dcpipe.pipeline import rounds, status
 from dcpipe.pipeline.lock import EXIT_BUSY, WorkspaceBusy, workspace_lock
+from dcpipe.pipeline.methods import DEFAULT_METHOD, METHOD_CHANGES
 from dcpipe.pipeline.workspace import Workspace, WorkspaceError
 from dcpipe.stages.common.distributed import is_rank_zero
 from dcpipe.stages.evaluate.settings import EvalSettings
@@ -68,11 +69,13 @@ def main(ctx, workspace, quiet):
 
 
 @main.command()
-@click.pass_context
-def init(ctx):
+@click.option("--method", type=click.Choice(list(METHOD_CHANGES)), default=DEFAULT_METHOD,
+              show_default=True, help="The training method the file names.")
+@handled(locked=False)
+def init(ctx, method):
     """Write a dcpipe.toml with every default, commented, into the workspace."""
     ws = ctx.obj["ws"]
-    written = ws.init_config()
+    written = ws.init_config(method)
     click.echo(f"{'wrote' if written else 'kept existing'} {ws.config_path}")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import tomli_w
 
 from dcpipe.errors import DcpipeError, SettingsError
-from dcpipe.pipeline.methods import METHOD_CHANGES
+from dcpipe.pipeline.methods import DEFAULT_METHOD, METHOD_CHANGES
 from dcpipe.stages.cluster.settings import ClusterSettings
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.extract.settings import ExtractSettings
@@ -42,13 +42,24 @@ class Config:
 SECTIONS = {f.name: f.default_factory for f in fields(Config) if f.name != "seed"}
 
 
-def defaults() -> dict:
-    return Config().as_dict()
+def defaults(method: str = DEFAULT_METHOD) -> dict:
+    """Every setting of a workspace that chose `method` and nothing else."""
+    if method not in METHOD_CHANGES:
+        raise ConfigError(f"unknown method {method!r} (known: {', '.join(METHOD_CHANGES)})")
+    changes = {**METHOD_CHANGES[method]}
+    changes["train"] = {**changes.get("train", {}), "method": method}
+    return merge(Config().as_dict(), changes, f"method {method}")
 
 
-def template() -> str:
-    """defaults.toml: every default with a comment on what it means (what `dcpipe init` writes)."""
-    return resources.files(__package__).joinpath("defaults.toml").read_text()
+def default_config(method: str = DEFAULT_METHOD) -> Config:
+    return build(defaults(method), f"method {method}")
+
+
+def template(method: str = DEFAULT_METHOD) -> str:
+    """defaults.toml: every default with a comment on what it means (what `dcpipe init` writes),
+    naming `method`."""
+    text = resources.files(__package__).joinpath("defaults.toml").read_text()
+    return text.replace(f'method = "{DEFAULT_METHOD}"', f'method = "{method}"', 1)
 
 
 def merge(base: dict, override: dict, where: str) -> dict:
@@ -84,25 +95,24 @@ def build(values: dict, where: str) -> Config:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def with_method(values: dict, user: dict, where: str) -> dict:
-    """`values` with the changes of the method `user` chooses ([train] method), if any."""
-    chosen = user.get("train")
-    method = chosen.get("method", values["train"]["method"]) if isinstance(chosen, dict) \
-        else values["train"]["method"]
+def chosen_method(user: dict, where: str) -> str:
+    """The method a workspace file names ([train] method), or the default."""
+    section = user.get("train")
+    method = section.get("method", DEFAULT_METHOD) if isinstance(section, dict) else DEFAULT_METHOD
     if method not in METHOD_CHANGES:
         raise ConfigError(f"{where}: unknown method {method!r} (known: {', '.join(METHOD_CHANGES)})")
-    return merge(values, METHOD_CHANGES[method], f"method {method}")
+    return method
 
 
 def load(path: Path) -> Config:
-    """Defaults, the chosen method's changes, then the TOML file at `path` (if it exists)."""
-    values, user = defaults(), {}
+    """The chosen method's defaults, then the TOML file at `path` (if it exists)."""
+    user = {}
     if path.exists():
         try:
             user = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    values = merge(with_method(values, user, str(path)), user, str(path))
+    values = merge(defaults(chosen_method(user, str(path))), user, str(path))
     return build(values, str(path))
 
 

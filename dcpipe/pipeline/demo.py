@@ -48,6 +48,6 @@ def prepare_demo(ws) -> Path:
         write_digits(tmp)
         tmp.rename(src)
     if not ws.config_path.exists():
-        settings = configuration.with_changes(configuration.Config(), DEMO_SETTINGS, "demo")
+        settings = configuration.with_changes(configuration.default_config(), DEMO_SETTINGS, "demo")
         ws.config_path.write_text(configuration.dumps(settings))
     return src

@@ -1,9 +1,11 @@
-"""What `[train] method` changes besides the training loop: the one place the non-default
-method's settings live.
+"""What `[train] method` changes besides the training loop: the one place the methods'
+settings live.
 
-The settings dataclasses hold the defaults of the default method. Choosing the other method in
-dcpipe.toml layers its changes below the file's own values, so a user who writes only
-`method = "deepcluster-v2"` gets the whole method, and can still override any of it.
+The settings dataclasses hold DeepCluster's (the paper's) values. A method's changes are layered
+over them and below the workspace file's own values, so a user who writes only
+`method = "deepcluster-v2"` gets the whole method, and can still override any of it. A workspace
+that names no method gets DEFAULT_METHOD. defaults.toml leaves the keys a method changes
+commented out, so that changing the method line of a file `dcpipe init` wrote is enough.
 """
 
 DEEPCLUSTER_V2 = {  # BRIEF section 9 / SwAV's main_deepclusterv2.py, at CPU scale
@@ -13,8 +15,14 @@ DEEPCLUSTER_V2 = {  # BRIEF section 9 / SwAV's main_deepclusterv2.py, at CPU sca
     "cluster": {"pca_dim": 0,  # spherical k-means on the normalised projections, no whitening
                 "heads": 3, "niter": 10, "k": 300},
     "train": {"lr_schedule": "cosine", "warmup_rounds": 1.0, "weight_decay": 1e-6,
-              "lr": 0.3,  # SwAV's 4.8 at batch 4,096, scaled to 256 (no LARC here)
-              "reassign": 1.0},
+              "lr": 0.3},  # SwAV's 4.8 at batch 4,096, scaled to 256 (no LARC here)
 }
 
 METHOD_CHANGES = {"deepcluster": {}, "deepcluster-v2": DEEPCLUSTER_V2}
+DEFAULT_METHOD = "deepcluster"
+
+
+def method_keys() -> set[tuple[str, str]]:
+    """(section, key) of every setting some method changes."""
+    return {(section, key) for changes in METHOD_CHANGES.values()
+            for section, values in changes.items() for key in values}

@@ -115,12 +115,13 @@ class Workspace:
     def config(self) -> configuration.Config:
         return configuration.load(self.config_path)
 
-    def init_config(self) -> bool:
-        """Write the commented default dcpipe.toml if there is none; True if written."""
+    def init_config(self, method: str = configuration.DEFAULT_METHOD) -> bool:
+        """Write the commented default dcpipe.toml (naming `method`) if there is none; True if
+        written."""
         if self.config_path.exists():
             return False
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(configuration.template())
+        self.config_path.write_text(configuration.template(method))
         return True
 
     def rounds(self) -> list[RoundDir]:

@@ -42,7 +42,7 @@ def test_bad_config_names_the_problem(tmp_path, text, message):
 
 def test_dumped_config_loads_back(tmp_path):
     path = tmp_path / "dcpipe.toml"
-    changed = config.with_changes(config.Config(), {"train": {"lr": 0.2}}, "test")
+    changed = config.with_changes(config.default_config(), {"train": {"lr": 0.2}}, "test")
     path.write_text(config.dumps(changed))
     assert config.load(path) == changed
 
@@ -50,7 +50,10 @@ def test_dumped_config_loads_back(tmp_path):
 def test_the_commented_template_is_the_defaults(tmp_path):
     path = tmp_path / "dcpipe.toml"
     path.write_text(config.template())
-    assert config.load(path) == config.Config()
+    assert config.load(path) == config.default_config()
+    for method in config.METHOD_CHANGES:  # the method line of it decides the rest
+        path.write_text(config.template(method))
+        assert config.load(path) == config.default_config(method)
 
 
 def test_choosing_deepcluster_v2_brings_its_settings_under_the_files_own(tmp_path):
