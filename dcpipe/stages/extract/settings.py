@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from dcpipe.errors import SettingsError
 
 DTYPES = ("float16", "float32")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -12,9 +13,12 @@ class ExtractSettings:
     workers: int = 2  # decoding processes
     dtype: str = "float16"  # float16 or float32
     chunk_rows: int = 4096  # store rows per chunk, at most (lowered to the largest shard)
+    precision: str = "auto"  # bf16 autocast where the CPU/GPU has fast bf16 (auto), bf16 or fp32
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {list(DTYPES)}, not {self.dtype!r}")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.batch_size < 1 or self.chunk_rows < 1 or self.workers < 0:
             raise SettingsError("batch_size and chunk_rows must be >= 1, workers >= 0")

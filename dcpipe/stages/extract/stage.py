@@ -30,6 +30,7 @@ from dcpipe.stages.common.distributed import ProcessGroup
 from dcpipe.stages.common.featurestore import ROW_ARRAYS, FeatureStore, create_store, open_store
 from dcpipe.stages.common.models import load_model, normalize_batch, random_init
 from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.common.precision import autocast, autocast_dtype
 from dcpipe.stages.extract.reader import ShardBatches, ShardJob
 from dcpipe.stages.extract.settings import ExtractSettings
 
@@ -59,7 +60,9 @@ def extract(shards, store_path, model: ModelSpec = ModelSpec(),
     try:
         device = group.device
         net, model_info = _model(model_path, model, seed)
-        net.to(device).eval()
+        net.to(device, memory_format=torch.channels_last).eval()
+        precision = autocast_dtype(settings.precision, device)
+        model_info["precision"] = "bf16" if precision else "fp32"  # the features depend on it
         store = _prepare_store(group, shards, Path(store_path), model_info, settings.dtype,
                                settings.chunk_rows)
         mine = [s for s in range(len(shards)) if s % group.world == group.rank]
@@ -67,7 +70,7 @@ def extract(shards, store_path, model: ModelSpec = ModelSpec(),
         bar = tqdm(total=sum(shards[s].n_samples for s in todo), unit="img", smoothing=0.1,
                    desc=f"extract rank {group.rank}", disable=not progress or group.rank != 0)
         with bar:
-            counts = _extract_shards(net, store, shards, todo, device, bar,
+            counts = _extract_shards(net, store, shards, todo, device, bar, precision,
                                      batch_size=settings.batch_size, workers=settings.workers,
                                      input_size=net.config["input_size"])
         complete = _finish(group, store)
@@ -137,8 +140,8 @@ def _identity(item):
     return item
 
 
-def _extract_shards(model, store: FeatureStore, shards, todo, device, bar, *, batch_size,
-                    workers, input_size) -> dict:
+def _extract_shards(model, store: FeatureStore, shards, todo, device, bar, precision, *,
+                    batch_size, workers, input_size) -> dict:
     counts = {"shards_done": 0, "samples": 0, "failed": 0}
     labels = {name: i for i, name in enumerate(store.attrs["class_names"])}
     jobs = [ShardJob(s, str(shards[s].path), int(shards[s].n_samples)) for s in todo]
@@ -157,7 +160,7 @@ def _extract_shards(model, store: FeatureStore, shards, todo, device, bar, *, ba
         if s not in blocks:
             blocks[s] = _ShardBlock(store, s, shards[s].name)
         block = blocks[s]
-        block.add(batch, _embed(model, batch["images"], device, out_dtype))
+        block.add(batch, _embed(model, batch["images"], device, out_dtype, precision))
         bar.update(len(batch["rows"]))
         counts["samples"] += len(batch["rows"])
         if block.remaining == 0:
@@ -184,11 +187,12 @@ def _trim_heap() -> None:
         _MALLOC_TRIM(0)
 
 
-def _embed(model, images: torch.Tensor, device, out_dtype) -> np.ndarray:
+def _embed(model, images: torch.Tensor, device, out_dtype, precision) -> np.ndarray:
     if not len(images):
         return np.empty((0, model.feature_dim), dtype=out_dtype)
-    with torch.inference_mode():
-        features = model.embed(normalize_batch(images.to(device, non_blocking=True)))
+    with torch.inference_mode(), autocast(device, precision):
+        batch = normalize_batch(images.to(device, non_blocking=True))
+        features = model.embed(batch.contiguous(memory_format=torch.channels_last))
     return features.float().cpu().numpy().astype(out_dtype)
 
 

@@ -31,7 +31,9 @@ torch.set_num_threads(1)
 SUPPORT = Path(__file__).parents[2] / "support"
 VENV_BIN = Path(sys.executable).parent
 # a narrow small net keeps the tests fast; everything else is the real thing
-OPTIONS = {"arch": "small", "width": 16, "input_size": 32, "seed": 7, "progress": False}
+# fp32: the stored rows are compared with the model's own features; bf16 has a test of its own
+OPTIONS = {"arch": "small", "width": 16, "input_size": 32, "seed": 7, "precision": "fp32",
+           "progress": False}
 ARRAYS = ("features", "valid", "shard", "row", "true_label", "shard_offset", "shard_count")
 
 
@@ -207,3 +209,17 @@ def test_torchrun_two_ranks_equal_the_single_process_store(tmp_path):
     assert sorted((r["rank"], r["shards_done"], r["complete"]) for r in results) == [
         (0, 3, True), (1, 2, True)]
     _assert_same_store(tmp_path / "ref.zarr", store)
+
+
+def test_bf16_features_are_the_fp32_ones_to_bf16_precision_and_the_store_says_which(tmp_path):
+    shards = make_collection(tmp_path / "shards", 1, 12)
+    _run(shards, tmp_path / "fp32.zarr")
+    _run(shards, tmp_path / "bf16.zarr", precision="bf16")
+    fp32, bf16 = open_store(tmp_path / "fp32.zarr"), open_store(tmp_path / "bf16.zarr")
+    a = fp32.group["features"][:12].astype(np.float32)
+    b = bf16.group["features"][:12].astype(np.float32)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99 and not np.array_equal(a, b)
+    assert (fp32.attrs["model"]["precision"], bf16.attrs["model"]["precision"]) == ("fp32", "bf16")
+    with pytest.raises(StoreMismatch, match="model"):  # a store is never finished in the other
+        _run(shards, tmp_path / "fp32.zarr", precision="bf16")
