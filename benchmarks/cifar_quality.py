@@ -18,6 +18,11 @@ init of the same architecture are measured with labels (evaluation only):
 
     python benchmarks/cifar_quality.py --method deepcluster-v2 --budget-minutes 60 \\
         --work /tmp/cq-v2 [--set train.lr=0.3 --set model.width=32 ...]
+
+Any ImageNet-style folder works in place of CIFAR-10 (`--images`), and `--rounds N` runs a
+fixed number of rounds instead of a budget (e.g. the 450 photos of ../shared/datasets/photos at
+64 px: `--images ../shared/datasets/photos --holdout 30 --probe 100 --rounds 4
+--set model.input_size=64 --set cluster.k=30`).
 """
 
 import argparse
@@ -91,8 +96,10 @@ def read_toml(path: Path) -> dict:
     return tomllib.loads(path.read_text())
 
 
-def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log) -> list[dict]:
-    """Rounds while the next one fits in the budget; returns each round's time and record."""
+def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log,
+               rounds: int = 0) -> list[dict]:
+    """Rounds while the next one fits in the budget (or exactly `rounds` of them); returns each
+    round's time and record."""
     rows, started = [], time.perf_counter()
     cosine = config.train.lr_schedule == "cosine"
     r = 0
@@ -108,6 +115,11 @@ def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log
                      "images_per_s": train["timings"]["images_per_s"]})
         log(json.dumps(rows[-1]))
         elapsed = time.perf_counter() - started
+        if rounds:
+            if r + 1 == rounds:
+                return rows
+            r += 1
+            continue
         if r == 0 and cosine and config.train.total_rounds == 0:
             # the warm-up round's length sets how many rounds the budget holds
             set_total_rounds(ws, max(1, int(budget_s // seconds)))
@@ -137,7 +149,8 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=60.0)
     parser.add_argument("--set", dest="sets", action="append", default=[],
                         help="a setting, section.name=TOML value (repeatable)")
-    parser.add_argument("--cifar", type=Path, default=CIFAR)
+    parser.add_argument("--images", type=Path, default=CIFAR, help="an ImageNet-style folder")
+    parser.add_argument("--rounds", type=int, default=0, help="this many rounds, not a budget")
     parser.add_argument("--work", type=Path, default=Path("/tmp/cifar-quality"))
     parser.add_argument("--holdout", type=int, default=500, help="held-out images per class")
     parser.add_argument("--probe", type=int, default=1000, help="labelled probe images per class")
@@ -146,7 +159,7 @@ def main() -> None:
                         help="a shards folder of the same collection to link instead of sharding")
     args = parser.parse_args()
     log = lambda message: print(message, flush=True)  # noqa: E731
-    roots = link_split(args.cifar, args.work, args.holdout, args.probe)
+    roots = link_split(args.images, args.work, args.holdout, args.probe)
     ws = Workspace(args.work / "ws")
     if ws.rounds():
         raise SystemExit(f"{ws.root} already has rounds: use a new --work folder")
@@ -157,11 +170,14 @@ def main() -> None:
     else:
         dcpipe(ws, "shard", "--src", str(roots["collection"]))
     shard_s = time.perf_counter() - started
-    rows = run_rounds(ws, config, args.budget_minutes * 60, log)
+    if args.rounds and config.train.total_rounds == 0:
+        set_total_rounds(ws, args.rounds)
+    rows = run_rounds(ws, config, args.budget_minutes * 60, log, args.rounds)
     last = ws.round(rows[-1]["round"]).model
     trained = measure(roots, last, config.model, config.seed, args.kmeans_runs)
     random = measure(roots, None, config.model, config.seed, args.kmeans_runs)
-    result = {"method": args.method, "sets": args.sets, "budget_minutes": args.budget_minutes,
+    result = {"method": args.method, "sets": args.sets, "images": str(args.images),
+              "budget_minutes": 0 if args.rounds else args.budget_minutes,
               "shard_s": round(shard_s, 1), "rounds": rows,
               "rounds_s": round(sum(r["seconds"] for r in rows), 1),
               "config": configuration.load(ws.config_path).as_dict(),
@@ -174,7 +190,7 @@ def print_table(result: dict) -> None:
     rows = result["rounds"]
     img_s = sum(r["images_per_s"] for r in rows) / len(rows)
     print(f"\n{result['method']} {' '.join(result['sets'])}: {len(rows)} rounds in "
-          f"{result['rounds_s'] / 60:.1f} min (budget {result['budget_minutes']:.0f}), "
+          f"{result['rounds_s'] / 60:.1f} min (budget {result['budget_minutes']:.0f} min), "
           f"train {img_s:.0f} img/s, shard {result['shard_s']:.0f} s, {result['cpus']} cores")
     print("| model | k-means ACC | k-means NMI | k-NN top-1 | best linear probe |")
     print("|---|---|---|---|---|")
