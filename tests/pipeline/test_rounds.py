@@ -56,7 +56,8 @@ def test_run_does_only_what_is_missing_and_continues_later(tmp_path):
     row = text[text.index(next(line for line in text if line.startswith("round "))) + 2].split()
     c, t = rounds[1]["cluster"], rounds[1]["train"]
     assert row == ["1", "done", "done", "done", str(c["k"]), f"{c['nmi_true']:.3f}", f"{c['nmi_prev']:.3f}",
-                   f"{c['acc_true']:.3f}", f"{t['final_loss']:.3f}", f"{c['seconds']:.1f}", f"{t['seconds']:.1f}"]
+                   f"{c['acc_true']:.3f}", f"{t['final_loss']:.3f}", f"{c['seconds']:.1f}", f"{t['seconds']:.1f}",
+                   "deepcluster"]
     again = dcpipe(ws, "run", "--rounds", "2")
     assert again.returncode == 0 and "already complete" in again.stdout
 
