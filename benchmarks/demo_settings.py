@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from dcpipe.pipeline import config as configuration
-from dcpipe.pipeline.demo import DEMO_SETTINGS
+from dcpipe.pipeline.demo import DEMO_METHOD, DEMO_SETTINGS
 from dcpipe.pipeline.workspace import Workspace
 from dcpipe.shards.atomic import read_json
 
@@ -37,7 +37,8 @@ def run_variant(work: Path, number: int, overrides: dict, rounds: int) -> dict:
     ws = work / f"variant{number}"
     ws.mkdir(parents=True, exist_ok=True)
     settings = configuration.with_changes(
-        configuration.with_changes(configuration.default_config(), DEMO_SETTINGS, "demo"), overrides,
+        configuration.with_changes(configuration.default_config(DEMO_METHOD), DEMO_SETTINGS, "demo"),
+        overrides,
         "variant")
     (ws / "dcpipe.toml").write_text(configuration.dumps(settings))
     started = time.perf_counter()

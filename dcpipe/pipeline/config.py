@@ -59,7 +59,7 @@ def template(method: str = DEFAULT_METHOD) -> str:
     """defaults.toml: every default with a comment on what it means (what `dcpipe init` writes),
     naming `method`."""
     text = resources.files(__package__).joinpath("defaults.toml").read_text()
-    return text.replace(f'method = "{DEFAULT_METHOD}"', f'method = "{method}"', 1)
+    return text.replace(f'method = "{DEFAULT_METHOD}" ', f'method = "{method}" ', 1)
 
 
 def merge(base: dict, override: dict, where: str) -> dict:

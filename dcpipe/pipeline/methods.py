@@ -19,7 +19,7 @@ DEEPCLUSTER_V2 = {  # BRIEF section 9 / SwAV's main_deepclusterv2.py, at CPU sca
 }
 
 METHOD_CHANGES = {"deepcluster": {}, "deepcluster-v2": DEEPCLUSTER_V2}
-DEFAULT_METHOD = "deepcluster"
+DEFAULT_METHOD = "deepcluster-v2"  # measured: docs/benchmarks.md, learning quality
 
 
 def method_keys() -> set[tuple[str, str]]:

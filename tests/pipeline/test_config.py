@@ -4,7 +4,7 @@ from dcpipe.pipeline import config
 
 
 def test_defaults_cover_every_stage():
-    c = config.defaults()
+    c = config.defaults("deepcluster")
     assert set(c) >= {"seed", "shard", "model", "extract", "cluster", "train"}
     assert c["train"]["lr"] == 0.05 and c["cluster"]["niter"] == 20
 
@@ -13,9 +13,10 @@ def test_file_overrides_defaults_and_flags_override_file(tmp_path):
     path = tmp_path / "dcpipe.toml"
     path.write_text("seed = 3\n[cluster]\nk = 7\n")
     c = config.load(path)
-    assert (c.seed, c.cluster.k, c.cluster.pca_dim) == (3, 7, 256)
+    pca_dim = config.default_config().cluster.pca_dim
+    assert (c.seed, c.cluster.k, c.cluster.pca_dim) == (3, 7, pca_dim)
     c = config.override(c, "cluster", {"k": 9, "pca_dim": None})
-    assert (c.cluster.k, c.cluster.pca_dim) == (9, 256)
+    assert (c.cluster.k, c.cluster.pca_dim) == (9, pca_dim)
 
 
 def test_int_accepted_where_float_expected(tmp_path):

@@ -19,6 +19,7 @@ workers = 0
 k = 4
 pca_dim = 16
 [train]
+method = "deepcluster"
 batch_size = 32
 workers = 1
 """
@@ -97,8 +98,8 @@ def test_shards_added_between_rounds_join_the_next_round(tmp_path):
 def test_a_deepcluster_v2_workspace_runs_its_rounds_and_says_so(tmp_path):
     ws = tiny_workspace(tmp_path / "ws")
     v2 = TINY.replace("pca_dim = 16\n", "")  # v2 clusters its projections unwhitened
-    (ws / "dcpipe.toml").write_text(v2.replace("[train]\n", '[train]\nmethod = "deepcluster-v2"\n'
-                                               "small_crops = 2\n"))
+    (ws / "dcpipe.toml").write_text(v2.replace('method = "deepcluster"\n',
+                                               'method = "deepcluster-v2"\nsmall_crops = 2\n'))
     out = dcpipe(ws, "-q", "run", "--rounds", "2")
     assert out.returncode == 0, out.stderr
     rounds = status(ws)["rounds"]

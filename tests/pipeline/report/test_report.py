@@ -48,7 +48,7 @@ IMAGE_PROBE = """<script>window.addEventListener("load", function () {
 def workspace(tmp_path_factory):
     """Two DeepCluster rounds (extract, cluster, train) on 32 labelled synthetic images."""
     ws = Workspace.at(tmp_path_factory.mktemp("ws"))
-    ws.init_config()
+    ws.init_config("deepcluster")  # the report of v2 rounds: tests/pipeline/test_rounds.py
     make_collection(ws.shards_dir, 2, 16, seed=1)
     small = {"workers": 0, "batch_size": 16}
     config = configuration.with_changes(ws.config(), {"cluster": {"k": 3}, "extract": small,
