@@ -38,6 +38,7 @@ from pathlib import Path
 import tomli_w
 
 from dcpipe.pipeline import config as configuration
+from dcpipe.pipeline.methods import DEFAULT_METHOD, METHOD_CHANGES
 from dcpipe.pipeline.workspace import Workspace
 from dcpipe.shards.atomic import read_json
 from dcpipe.stages.common.modelspec import ModelSpec
@@ -145,7 +146,7 @@ def measure(roots: dict, model_path, spec: ModelSpec, seed: int, runs: int) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--method", default="deepcluster", choices=["deepcluster", "deepcluster-v2"])
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHOD_CHANGES))
     parser.add_argument("--budget-minutes", type=float, default=60.0)
     parser.add_argument("--set", dest="sets", action="append", default=[],
                         help="a setting, section.name=TOML value (repeatable)")
