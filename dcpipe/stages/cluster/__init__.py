@@ -1,13 +1,8 @@
 """Feature store -> PCA-whitened k-means (or PIC) -> the round's label shard index.
 
-The entry point is imported on first use: the package's light modules (settings, outputs) must
-not pull in torch for `dcpipe status`.
+The entry point is imported on first use (common/lazy.py).
 """
+from dcpipe.stages.common.lazy import lazy_attributes
 from dcpipe.stages.cluster.settings import ClusterSettings
 
-
-def __getattr__(name):
-    if name == "cluster":
-        from dcpipe.stages.cluster.stage import cluster
-        return cluster
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {"cluster": "stage"})

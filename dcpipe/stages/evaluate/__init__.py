@@ -1,16 +1,9 @@
-"""Held-out labelled images -> linear probes, k-NN, k-means, retrieval.
+"""Held-out labelled images -> linear probes, k-NN, k-means, retrieval; `embed.embed` writes the
+features of any image set (not served from here: the submodule of that name would shadow it).
 
-The entry point is imported on first use: the package's light modules (settings, outputs) must
-not pull in torch for `dcpipe status`.
+The entry points are imported on first use (common/lazy.py).
 """
+from dcpipe.stages.common.lazy import lazy_attributes
 from dcpipe.stages.evaluate.settings import EvalSettings
 
-
-def __getattr__(name):
-    if name in ("evaluate", "compare_random"):
-        from dcpipe.stages.evaluate import stage
-        return getattr(stage, name)
-    if name == "embed":
-        from dcpipe.stages.evaluate.embed import embed
-        return embed
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {"evaluate": "stage", "compare_random": "stage"})

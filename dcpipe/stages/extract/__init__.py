@@ -1,13 +1,8 @@
 """Shards -> the round's feature store, through model r-1.
 
-The entry point is imported on first use: the package's light modules (settings, outputs) must
-not pull in torch for `dcpipe status`.
+The entry point is imported on first use (common/lazy.py).
 """
+from dcpipe.stages.common.lazy import lazy_attributes
 from dcpipe.stages.extract.settings import ExtractSettings
 
-
-def __getattr__(name):
-    if name == "extract":
-        from dcpipe.stages.extract.stage import extract
-        return extract
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {"extract": "stage"})

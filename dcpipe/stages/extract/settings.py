@@ -2,9 +2,9 @@
 from dataclasses import dataclass
 
 from dcpipe.errors import SettingsError
+from dcpipe.stages.common.precision import check_precision
 
 DTYPES = ("float16", "float32")
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,6 @@ class ExtractSettings:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {list(DTYPES)}, not {self.dtype!r}")
-        if self.precision not in PRECISIONS:
-            raise SettingsError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.batch_size < 1 or self.chunk_rows < 1 or self.workers < 0:
             raise SettingsError("batch_size and chunk_rows must be >= 1, workers >= 0")

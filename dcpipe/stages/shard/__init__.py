@@ -1,13 +1,8 @@
 """Image sources -> WebDataset shards (img2dataset's roles: plan, worker, resizer, commit).
 
-The entry point is imported on first use: the package's light modules (settings, outputs) must
-not pull in torch for `dcpipe status`.
+The entry point is imported on first use (common/lazy.py).
 """
+from dcpipe.stages.common.lazy import lazy_attributes
 from dcpipe.stages.shard.settings import ShardSettings
 
-
-def __getattr__(name):
-    if name == "shard":
-        from dcpipe.stages.shard.stage import shard
-        return shard
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {"shard": "stage"})

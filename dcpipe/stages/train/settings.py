@@ -2,9 +2,9 @@
 from dataclasses import dataclass
 
 from dcpipe.errors import SettingsError
+from dcpipe.stages.common.precision import check_precision
 
 METHODS = ("deepcluster", "deepcluster-v2")
-PRECISIONS = ("auto", "bf16", "fp32")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -31,8 +31,7 @@ class TrainSettings:
     def __post_init__(self):
         if self.method not in METHODS:
             raise SettingsError(f"method must be one of {list(METHODS)}, got {self.method!r}")
-        if self.precision not in PRECISIONS:
-            raise SettingsError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.lr_schedule not in SCHEDULES:
             raise SettingsError(f"lr_schedule must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}")
         if self.warmup_rounds < 0 or self.total_rounds < 0 or self.small_crops < 0 \

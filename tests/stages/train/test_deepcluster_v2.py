@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from dcpipe.stages.train.schedule import lr_at
 from dcpipe.stages.train.stage import train
 from support.labelled_shards import label_of_pixels, make_collection
 from support.settings import pop_settings
+from support.train_kill import kill_at_first_checkpoint, launch
 
 torch.set_num_threads(1)
 K, DIM = 4, 16
@@ -32,7 +32,6 @@ OPTIONS = {"sobel": False, "width": 4, "projection": DIM, "input_size": 32,
            "lr": 0.1, "lr_schedule": "cosine", "warmup_rounds": 0.5, "total_rounds": 3,
            "weight_decay": 1e-6, "checkpoint_every": 3, "loss_every": 2, "seed": 1,
            "round_index": 1, "progress": False}
-RUNNER = Path(__file__).parents[2] / "support" / "train_runner.py"
 
 
 @pytest.fixture(scope="module")
@@ -131,26 +130,16 @@ def test_cosine_schedule_warms_up_then_decays_and_is_a_function_of_round_and_ste
 
 def _launch(launcher, heads, out, options):
     shards, labels_dir, more, centroids = heads
-    payload = {"shards": str(shards[0].path.parent), "labels": str(labels_dir), "out": str(out),
-               "options": {**options, "more_labels": [str(p) for p in more],
-                           "centroids": [str(p) for p in centroids]}}
-    return subprocess.Popen([*launcher, str(RUNNER), json.dumps(payload)], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return launch(launcher, shards[0].path.parent, labels_dir, out,
+                  {**options, "more_labels": [str(p) for p in more],
+                   "centroids": [str(p) for p in centroids]})
 
 
 def test_sigkill_then_rerun_continues_the_cosine_schedule_exactly(heads, tmp_path):
     options = {**OPTIONS, "batch_size": 8, "checkpoint_every": 2}  # ~19 steps
     reference = run_v2(heads, tmp_path / "uninterrupted", batch_size=8, checkpoint_every=2)
     out = tmp_path / "killed"
-    proc = _launch([sys.executable], heads, out, options)
-    ckpt = out / "ckpt" / "last.pt"
-    deadline = time.monotonic() + 120
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists() and not (out / "train.json").exists(), proc.stderr.read()[-2000:]
-    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    killed_at = kill_at_first_checkpoint(_launch([sys.executable], heads, out, options), out)
     assert 0 < killed_at < reference["steps"]
     record = run_v2(heads, out, batch_size=8, checkpoint_every=2)
     assert record["resumed_from_step"] >= killed_at

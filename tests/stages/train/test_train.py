@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,32 +20,14 @@ from dcpipe.stages.train import TrainSettings
 from dcpipe.stages.train.stage import train
 
 from support.labelled_shards import make_collection
-from support.settings import pop_settings
+from support.settings import with_settings
+from support.train_kill import kill_at_first_checkpoint, launch
 
 torch.set_num_threads(1)
 K = 8
 OPTIONS = {"width": 4, "input_size": 32, "batch_size": 16, "loss_every": 2,
            "checkpoint_every": 3, "seed": 1, "workers": 1, "progress": False}
-SCRIPT = """
-import json, sys, torch
-torch.set_num_threads(1)
-sys.path.insert(0, sys.argv[2])
-from support.settings import pop_settings
-from dcpipe.shards.reader import list_shards
-from dcpipe.stages.common.modelspec import ModelSpec
-from dcpipe.stages.train import TrainSettings, train
-args = json.loads(sys.argv[1])
-options = args["options"]
-train(list_shards(args["shards"]), args["labels"], args["out"], pop_settings(ModelSpec, options),
-      pop_settings(TrainSettings, options), **options)
-"""
-TESTS = str(Path(__file__).parents[2])
-
-
-def run_train(shards, labels_dir, out, **options):
-    """The stage with its model spec and settings given as one table of keywords."""
-    return train(shards, labels_dir, out, pop_settings(ModelSpec, options),
-                 pop_settings(TrainSettings, options), **options)
+run_train = with_settings(train, ModelSpec, TrainSettings)
 
 
 def _collection(root, sizes, k=K, seed=0):
@@ -135,31 +116,14 @@ def test_bad_inputs_fail_clearly(tmp_path, collection, round0):
         run_train(shards, labels_dir, tmp_path / "w", **{**OPTIONS, "lr": 0.1, "seed": 2})
 
 
-def _launch(tmp_path, launcher: list, shards, labels_dir, out, options):
-    """Run train() in a new process group (so a kill reaches its loader workers too)."""
-    script = tmp_path / "run_train.py"
-    script.write_text(SCRIPT)
-    args = json.dumps({"shards": str(shards[0].path.parent), "labels": str(labels_dir),
-                       "out": str(out), "options": options})
-    return subprocess.Popen([*launcher, str(script), args, TESTS], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def test_sigkill_then_rerun_finishes_the_round_as_if_never_killed(tmp_path, collection):
     shards, labels_dir = collection
     options = {**OPTIONS, "batch_size": 8}  # ~38 steps: the kill lands well before the end
     reference_out = tmp_path / "uninterrupted"
     reference = run_train(shards, labels_dir, reference_out, **options)
     out = tmp_path / "killed"
-    proc = _launch(tmp_path, [sys.executable], shards, labels_dir, out, options)
-    ckpt = out / "ckpt" / "last.pt"
-    deadline = time.monotonic() + 120
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists() and not (out / "train.json").exists(), proc.stderr.read()[-2000:]
-    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    proc = launch([sys.executable], shards[0].path.parent, labels_dir, out, options)
+    killed_at = kill_at_first_checkpoint(proc, out)
     assert 0 < killed_at < reference["steps"]
 
     record = run_train(shards, labels_dir, out, **options)
@@ -180,7 +144,7 @@ def test_two_rank_ddp_with_unequal_ranks_finishes(tmp_path):
     out = tmp_path / "ddp"
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone",
                 "--nproc-per-node", "2"]
-    proc = _launch(tmp_path, torchrun, shards, labels_dir, out, OPTIONS)
+    proc = launch(torchrun, shards[0].path.parent, labels_dir, out, OPTIONS)
     try:
         _, stderr = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
