@@ -75,9 +75,9 @@ def parse_sets(items: list[str]) -> dict:
     return changes
 
 
-def write_config(ws: Workspace, method: str, changes: dict) -> configuration.Config:
-    """dcpipe.toml naming the method and the changes; returns the config it loads as."""
-    changes = {**changes, "train": {"method": method, **changes.get("train", {})}}
+def write_config(ws: Workspace, method: str, changes: dict, seed: int) -> configuration.Config:
+    """dcpipe.toml naming the seed, the method and the changes; returns the config it loads as."""
+    changes = {"seed": seed, **changes, "train": {"method": method, **changes.get("train", {})}}
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.config_path.write_text(tomli_w.dumps(changes))
     return ws.config()
@@ -121,9 +121,10 @@ def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log
                 return rows
             r += 1
             continue
-        if r == 0 and cosine and config.train.total_rounds == 0:
-            # the warm-up round's length sets how many rounds the budget holds
-            set_total_rounds(ws, max(1, int(budget_s // seconds)))
+        if r in (0, 1) and cosine and config.train.total_rounds == 0:
+            # the schedule spans the rounds the budget holds: guessed from the warm-up round,
+            # then refitted from round 1 (round 0 also pays for the random init's features)
+            set_total_rounds(ws, r + 1 + max(0, int((budget_s - elapsed) // seconds)))
             log(f"cosine schedule over {read_toml(ws.config_path)['train']['total_rounds']} rounds")
         total = read_toml(ws.config_path).get("train", {}).get("total_rounds", 0)
         r += 1
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=500, help="held-out images per class")
     parser.add_argument("--probe", type=int, default=1000, help="labelled probe images per class")
     parser.add_argument("--kmeans-runs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="the workspace's base seed (training)")
     parser.add_argument("--shards-from", type=Path,
                         help="a shards folder of the same collection to link instead of sharding")
     args = parser.parse_args()
@@ -164,7 +166,7 @@ def main() -> None:
     ws = Workspace(args.work / "ws")
     if ws.rounds():
         raise SystemExit(f"{ws.root} already has rounds: use a new --work folder")
-    config = write_config(ws, args.method, parse_sets(args.sets))
+    config = write_config(ws, args.method, parse_sets(args.sets), args.seed)
     started = time.perf_counter()
     if args.shards_from:
         shutil.copytree(args.shards_from, ws.shards_dir, copy_function=os.link)
@@ -177,7 +179,7 @@ def main() -> None:
     last = ws.round(rows[-1]["round"]).model
     trained = measure(roots, last, config.model, config.seed, args.kmeans_runs)
     random = measure(roots, None, config.model, config.seed, args.kmeans_runs)
-    result = {"method": args.method, "sets": args.sets, "images": str(args.images),
+    result = {"method": args.method, "seed": args.seed, "sets": args.sets, "images": str(args.images),
               "budget_minutes": 0 if args.rounds else args.budget_minutes,
               "shard_s": round(shard_s, 1), "rounds": rows,
               "rounds_s": round(sum(r["seconds"] for r in rows), 1),
