@@ -117,9 +117,9 @@ def _prepare(src, shards_dir, read: dict, shaping: dict):
     if read["format"] == "folder":
         read["listing"] = listing_path(shards_dir, sid)
         folders.sync_listing(src, read["listing"])
-    n_rows = sources.count_rows(src, **read)
     recorded = [e["index"] for e in load_manifest(shards_dir)["shards"]]
-    entry = extend_plan(shards_dir, sid, shaping, n_rows, max(recorded, default=-1) + 1)
+    entry, n_rows = extend_plan(shards_dir, sid, shaping, sources.row_texts(src, **read),
+                                max(recorded, default=-1) + 1)
     return sid, n_rows, planned_shards(entry)
 
 
