@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from dcpipe.errors import DcpipeError
 from dcpipe.stages.sources.folders import folder_files
 from dcpipe.stages.sources.yfcc import FIELDS_23, FIELDS_25, parse_yfcc_line
 
@@ -47,7 +48,7 @@ MAX_SOURCE_CHARS = 1 << 16  # a longer source is a reject (URLs stay far below)
 PREVIEW_CHARS = 80  # of an over-long line or source, in its reject record
 
 
-class SourceError(ValueError):
+class SourceError(DcpipeError, ValueError):
     """The source list as a whole cannot be used (the CLI exits 2 with this message)."""
 
 
@@ -298,7 +299,12 @@ def _iter_text(src, start: int) -> Iterator[Row]:
 def _iter_folder(root, listing) -> Iterator[Row]:
     for i, rel in enumerate(folder_files(root, listing)):
         label = rel.split("/", 1)[0] if "/" in rel else None
-        yield Row(i, os.path.join(root, rel), label=label)
+        if rel.endswith("/"):  # a sub-folder the walk could not list
+            yield Row(i, os.path.join(root, rel), label=label, reject="unreadable_folder",
+                      detail="could not be listed when walked; its files become new rows "
+                             "once it is readable")
+        else:
+            yield Row(i, os.path.join(root, rel), label=label)
 
 
 def _iter_yfcc(src, cols: Columns, start: int) -> Iterator[Row]:
