@@ -21,6 +21,7 @@ file that cannot be read to its end) raises `SourceError`, naming the file (and 
 import bz2
 import csv
 import dataclasses
+import functools
 import gzip
 import json
 import math
@@ -218,23 +219,29 @@ def _iter_delimited(src, cols: Columns, delimiter: str) -> Iterator[Row]:
         if lines.take_long():
             raise SourceError(f"{src}: the header line is longer than {MAX_LINE_CHARS} characters")
         picked = _pick_columns(header, cols, src)
-        i = 0
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                lines.take_long()
-                row = Row(i, None, reject="bad_line", detail=f"line {reader.line_num}: {exc}")
-            else:
-                long = lines.take_long()
-                if long is None and not values:
-                    continue
-                row = long.row(i) if long else _row_from_record(i, dict(zip(header, values)),
-                                                                picked)
-            yield row
-            i += 1
+        for i, record in enumerate(_records(reader, lines)):
+            yield (record(i) if callable(record)
+                   else _row_from_record(i, dict(zip(header, record)), picked))
+
+
+def _records(reader, lines: Lines):
+    """The non-blank records of a csv reader: a list of values, or for a record the csv module
+    refuses or that holds an over-long line, a function of the row number giving its reject."""
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            lines.take_long()
+            yield functools.partial(Row, source=None, reject="bad_line",
+                                    detail=f"line {reader.line_num}: {exc}")
+            continue
+        long = lines.take_long()
+        if long is not None:
+            yield long.row
+        elif values:
+            yield values
 
 
 def _numbered_lines(src, start=0) -> Iterator[tuple[int, str | LongLine]]:
@@ -340,6 +347,14 @@ def iter_rows(src, format=None, url_col=None, key_col=None, meta_cols=None,
     without one the folder is read in sorted order. `start`: rows before it may be left out
     (line formats skip them without parsing; others still yield them).
     """
+    fmt, rows = _read(src, format, url_col, key_col, meta_cols, listing, start)
+    if fmt != "folder":  # a folder's undecodable file names are real files
+        rows = map(_checked, rows)
+    return _started(rows)
+
+
+def _read(src, format, url_col, key_col, meta_cols, listing, start) -> tuple[str, Iterator[Row]]:
+    """(format, rows as the format's reader gives them, not yet started)."""
     fmt = detect_format(src, format)
     if (fmt == "folder") != Path(src).is_dir():
         raise SourceError(f"{src}: format {fmt} needs a {'folder' if fmt == 'folder' else 'file'}")
@@ -353,10 +368,12 @@ def iter_rows(src, format=None, url_col=None, key_col=None, meta_cols=None,
         "text": lambda: _iter_text(src, start),
         "yfcc100m": lambda: _iter_yfcc(src, cols, start),
     }
-    rows = readers[fmt]()
-    if fmt != "folder":  # a folder's undecodable file names are real files
-        rows = map(_checked, rows)
-    first = next(rows, None)  # generators start here, so header and column errors raise now
+    return fmt, readers[fmt]()
+
+
+def _started(rows: Iterator[Row]) -> Iterator[Row]:
+    """`rows` with its first row read now, so that header and column errors raise now."""
+    first = next(rows, None)
     return _chain_first(first, rows)
 
 
@@ -366,15 +383,18 @@ def _chain_first(first, rows):
         yield from rows
 
 
-def row_texts(src, **options) -> Iterator[str]:
-    """One text per row, in row order, after `iter_rows`' checks of the source as a whole:
-    a line format's raw line (unparsed, so a pass over YFCC100M stays cheap), any other
-    format's row as read. The shard plan counts and fingerprints these."""
-    rows = iter_rows(src, **options)
-    if detect_format(src, options.get("format")) in LINE_FORMATS:
+def row_texts(src, format=None, url_col=None, key_col=None, meta_cols=None,
+              listing=None) -> Iterator[str]:
+    """One text per row, in row order, after the checks of the source as a whole: a line
+    format's raw line (unparsed, so a pass over YFCC100M stays cheap), any other format's
+    values as read (not dcpipe's verdicts on them, which may change between versions).
+    The shard plan counts and fingerprints these."""
+    fmt, rows = _read(src, format, url_col, key_col, meta_cols, listing, 0)
+    rows = _started(rows)
+    if fmt in LINE_FORMATS:
         rows.close()
         return (line if isinstance(line, str) else repr(line) for _, line in _numbered_lines(src))
-    return (repr((r.source, r.key, r.meta, r.reject, r.label, r.detail)) for r in rows)
+    return (repr((r.source, r.key, r.meta, r.label)) for r in rows)
 
 
 def source_id(src) -> str:
