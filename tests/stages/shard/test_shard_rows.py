@@ -176,3 +176,20 @@ def test_public_only_flag_refuses_local_and_private_sources(server, tmp_path):
     write_csv(src, [{"url": str(local)}, {"url": url}, {"url": local.as_uri()}])  # reordered
     result = dcpipe(ws, "-q", "shard", "--src", str(src), "--public-only")
     assert result.returncode == 2 and "was rewritten" in result.stderr
+
+
+def test_plans_from_before_fingerprints_get_them_and_are_checked_from_then_on(server, tmp_path):
+    urls = serve_photos(server, 4, prefix="f")
+    src = write_csv(tmp_path / "list.csv", [{"url": u} for u in urls])
+    out = tmp_path / "shards"
+    shard(src, out, shard_size=2, **QUICK)
+    plan = json.loads((out / "plan.json").read_text())
+    [entry] = plan["sources"].values()
+    recorded = entry["runs"][0].pop("digests")
+    (out / "plan.json").write_text(json.dumps(plan))  # as an older dcpipe wrote it
+    assert shard(src, out, shard_size=2, **QUICK)["shards_written"] == 0
+    [entry] = json.loads((out / "plan.json").read_text())["sources"].values()
+    assert entry["runs"][0]["digests"] == recorded and len(recorded) == 2
+    write_csv(src, [{"url": u} for u in urls[::-1]])
+    with pytest.raises(SourceError, match=r"rows 0-1 \(shard 0\)"):
+        shard(src, out, shard_size=2, **QUICK)
