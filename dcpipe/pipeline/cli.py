@@ -92,6 +92,8 @@ def init(ctx, method):
 @click.option("--dedup/--no-dedup", default=None)
 @click.option("--timeout", type=float)
 @click.option("--max-bytes", type=int)
+@click.option("--public-only/--no-public-only", default=None,
+              help="Refuse local paths, file:// URLs and private/loopback/link-local addresses.")
 @click.option("--node-rank", type=int, default=None, help="This node (default: torchrun's RANK or 0).")
 @click.option("--num-nodes", type=int, default=None, help="Nodes in all (default: WORLD_SIZE or 1).")
 @handled(locked=False)

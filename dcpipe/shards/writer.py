@@ -2,7 +2,9 @@
 
 Members are `<key>.jpg` and `<key>.json`. Headers are deterministic (fixed mtime, owner and
 mode), so the same samples always give a byte-identical tar: a rerun after a crash can be
-compared with an uninterrupted run by checksum.
+compared with an uninterrupted run by checksum. The format is POSIX pax: a member name that
+fits USTAR's 100 bytes gets the same plain USTAR header as before, a longer one (keys of up to
+128 characters) gets a pax extended header, which tar, Python's tarfile and webdataset read.
 """
 
 import hashlib
@@ -43,6 +45,15 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def sample_json(meta: dict) -> bytes:
+    """A sample's JSON as UTF-8; text that is not valid Unicode (a file name's undecodable
+    bytes, kept as lone surrogates) is written as JSON escapes, so the member stays valid."""
+    try:
+        return json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(meta, sort_keys=True).encode()
+
+
 class ShardWriter:
     """`add` samples, then `commit`; a writer that is never committed leaves only a temp file."""
 
@@ -55,7 +66,7 @@ class ShardWriter:
         self._tmp = self.dir / f".{self.name}.tar.partial"
         self._file = open(self._tmp, "wb")
         self._hashing = _HashingFile(self._file)
-        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
         self._keys = set()
 
     def add(self, key: str, jpg: bytes, meta: dict) -> None:
@@ -64,7 +75,7 @@ class ShardWriter:
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} in shard {self.name}")
         self._keys.add(key)
-        meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
+        meta_bytes = sample_json(meta)
         for ext, data in (("jpg", jpg), ("json", meta_bytes)):
             self._tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
 

@@ -1,12 +1,15 @@
 import hashlib
 import io
+import json
+import subprocess
 import tarfile
 
 import pytest
+import webdataset as wds
 from PIL import Image
 
 from dcpipe.shards.manifest import add_entry, load_manifest
-from dcpipe.shards.naming import make_key, sanitize_key, shard_name
+from dcpipe.shards.naming import MAX_KEY_LEN, make_key, sanitize_key, shard_name
 from dcpipe.shards.reader import ShardReadError, count_samples, iter_shard, list_shards
 from dcpipe.shards.writer import ShardWriter
 
@@ -50,6 +53,28 @@ def test_written_shard_reads_back_in_order_with_checksum(tmp_path):
 def test_same_samples_give_byte_identical_tars(tmp_path):
     a, b = _write(tmp_path / "a", 0, 3), _write(tmp_path / "b", 0, 3)
     assert a["sha256"] == b["sha256"]
+
+
+def test_keys_too_long_for_ustar_names_are_written_and_read_by_every_reader(tmp_path):
+    keys = ["k" * n for n in (96, 100, MAX_KEY_LEN)]  # USTAR names stop at 100 bytes
+    writer = ShardWriter(tmp_path, 0)
+    for key in keys:
+        writer.add(key, _jpeg(), {"key": key})
+    writer.commit({}, [])
+    tar = tmp_path / "000000.tar"
+    assert [s.key for s in iter_shard(tar)] == keys
+    assert [s["__key__"] for s in wds.WebDataset(str(tar), shardshuffle=False)] == keys
+    names = subprocess.run(["tar", "-tf", str(tar)], capture_output=True, text=True, check=True)
+    assert names.stdout.split() == [f"{k}.{e}" for k in keys for e in ("jpg", "json")]
+
+
+def test_metadata_with_undecodable_file_name_bytes_is_valid_json(tmp_path):
+    writer = ShardWriter(tmp_path, 0)
+    writer.add("k", _jpeg(), {"source": "/photos/caf\udce9.jpg"})  # b"caf\xe9" decoded by os
+    writer.commit({}, [])
+    with tarfile.open(tmp_path / "000000.tar") as tar:
+        raw = tar.extractfile("k.json").read()
+    assert json.loads(raw.decode("utf-8")) == {"source": "/photos/caf\udce9.jpg"}
 
 
 def test_uncommitted_writer_leaves_no_shard(tmp_path):

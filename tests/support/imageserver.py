@@ -2,7 +2,7 @@
 
 Routes: `/f/<name>` serves `server.files[name]` as image/jpeg (HTML too: a web page served as
 an image); `/delay/<name>` (the same, 0.05 s late); `/status/<code>`; `/redirect?to=<url>`
-(302); `/slow` (drips a byte every 0.2 s);
+(302); `/slow` (drips a byte every 0.2 s); `/slow-headers` (a header line every 0.5 s);
 `/reset` (closes the connection with a TCP reset); `/endless` (a body with no end, capped here
 at 64 MiB so the test server always stops); `/announced-huge` (Content-Length of 1 TB).
 Every loop is bounded in count and time.
@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 DRIP_BYTES = 200
 ENDLESS_CAP = 64 << 20
 DELAY_S = 0.05
+SLOW_HEADER_LINES = 40  # 20 s of headers: far beyond any test's timeout
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -72,6 +73,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"\xff")
             self.wfile.flush()
             time.sleep(0.2)
+
+    def _route_slow_headers(self, *_):
+        self.send_response(200)
+        for i in range(SLOW_HEADER_LINES):
+            self.send_header(f"X-Drip-{i}", "1")
+            self.flush_headers()
+            time.sleep(0.5)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _route_reset(self, *_):
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -8,11 +8,18 @@ source that grew), always with shard indices after every index already planned i
 Planned shards are never re-cut, so a killed run redone gives the same shards, and a grown
 source only adds shards. A source that has fewer rows than already planned is an error: its
 planned shards could no longer be rebuilt the same way.
+
+Each run also records `digests`, one fingerprint per shard of the rows it was planned with
+(blake2b of each row's text, see `sources.tables.row_texts`). Every run recomputes them in
+the same pass that counts the rows: a source rewritten instead of appended (rows already
+planned are taken as done by position) is an error naming the first shard whose rows changed.
 """
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from dcpipe.shards.manifest import load_plan, save_plan
 
@@ -54,29 +61,74 @@ def _check_options(source_id: str, recorded: dict, options: dict) -> None:
                           "the planned options or write to another shards folder")
 
 
-def extend_plan(shards_dir, source_id: str, options: dict, n_rows: int,
-                first_free: int = 0) -> dict:
-    """Record a run for rows not yet planned (if any); return the source's plan entry.
+def _shard_ends(planned: list[PlannedShard], covered: int, shard_size: int) -> Iterator[int]:
+    """Where each shard's rows end: the planned shards', then every `shard_size` rows."""
+    yield from (p.row_end for p in planned)
+    end = covered
+    while True:
+        end += shard_size
+        yield end
+
+
+def _fingerprints(texts: Iterable[str], ends: Iterator[int]) -> tuple[int, list[str]]:
+    """(rows, one digest per shard of the rows it holds); the last shard may be partial."""
+    digests, n, start, end = [], 0, 0, next(ends)
+    h = hashlib.blake2b(digest_size=16)
+    for text in texts:
+        if n == end:
+            digests.append(h.hexdigest())
+            h, start, end = hashlib.blake2b(digest_size=16), end, next(ends)
+        data = text.encode("utf-8", "surrogateescape")
+        h.update(len(data).to_bytes(8, "little") + data)
+        n += 1
+    if n > start:
+        digests.append(h.hexdigest())
+    return n, digests
+
+
+def _check_unchanged(source_id: str, entry: dict, planned: list[PlannedShard], digests) -> None:
+    """Compare the planned shards' rows with their recorded digests; record missing ones."""
+    recorded = [d for run in entry["runs"] for d in run.get("digests", [None] * n_shards(run))]
+    for p, was, now in zip(planned, recorded, digests):
+        if was is not None and was != now:
+            raise SourceError(
+                f"{source_id} was rewritten: rows {p.row_start}-{p.row_end - 1} (shard {p.index})"
+                " differ from when they were planned. A source may only grow by appending rows; "
+                "shard a rewritten list into another shards folder")
+    i = 0
+    for run in entry["runs"]:  # plans written before digests existed get them now
+        run.setdefault("digests", digests[i:i + n_shards(run)])
+        i += n_shards(run)
+
+
+def extend_plan(shards_dir, source_id: str, options: dict, texts: Iterable[str],
+                first_free: int = 0) -> tuple[dict, int]:
+    """Check the planned rows of `texts` (one per row) and plan those beyond; return the
+    source's plan entry and its row count.
 
     `first_free`: no new shard gets a lower index (the manifest's shards are kept even if
     plan.json was lost).
     """
     plan = load_plan(shards_dir)
-    entry = plan["sources"].get(source_id)
-    if entry is None:
-        entry = {"options": options, "runs": []}
+    recorded = plan["sources"].get(source_id)
+    entry = copy.deepcopy(recorded) or {"options": options, "runs": []}
     _check_options(source_id, entry["options"], options)
     covered = entry["runs"][-1]["row_end"] if entry["runs"] else 0
+    planned = planned_shards(entry)
+    n_rows, digests = _fingerprints(texts, _shard_ends(planned, covered, options["shard_size"]))
     if n_rows < covered:
         raise SourceError(f"{source_id} has {n_rows} rows but {covered} are already planned; "
                           "a source may only grow (append rows)")
+    _check_unchanged(source_id, entry, planned, digests)
     if n_rows > covered:
         entry["runs"].append({"first_shard": max(_next_index(plan), first_free),
-                              "row_start": covered,
-                              "row_end": n_rows, "shard_size": options["shard_size"]})
+                              "row_start": covered, "row_end": n_rows,
+                              "shard_size": options["shard_size"],
+                              "digests": digests[len(planned):]})
+    if entry != recorded:
         plan["sources"][source_id] = entry
         save_plan(shards_dir, plan)
-    return entry
+    return entry, n_rows
 
 
 def planned_shards(entry: dict) -> list[PlannedShard]:

@@ -17,6 +17,7 @@ class ShardSettings:
     dedup: bool = False  # exact de-duplication by content hash
     timeout: float = fetch.TIMEOUT  # seconds per download
     max_bytes: int = fetch.MAX_BYTES  # download / file size cap
+    public_only: bool = False  # refuse local paths, file:// and private/loopback addresses
 
     def __post_init__(self):
         if not 1 <= self.shard_size <= MAX_SHARD_SIZE:

@@ -116,10 +116,13 @@ def _prepare(src, shards_dir, read: dict, shaping: dict):
     sid = sources.source_id(src)
     if read["format"] == "folder":
         read["listing"] = listing_path(shards_dir, sid)
-        folders.sync_listing(src, read["listing"])
-    n_rows = sources.count_rows(src, **read)
+        try:
+            folders.sync_listing(src, read["listing"])
+        except OSError as exc:  # the root folder itself (sub-folders become rejects)
+            raise sources.SourceError(f"cannot read image folder {src}: {exc}") from exc
     recorded = [e["index"] for e in load_manifest(shards_dir)["shards"]]
-    entry = extend_plan(shards_dir, sid, shaping, n_rows, max(recorded, default=-1) + 1)
+    entry, n_rows = extend_plan(shards_dir, sid, shaping, sources.row_texts(src, **read),
+                                max(recorded, default=-1) + 1)
     return sid, n_rows, planned_shards(entry)
 
 
@@ -158,8 +161,9 @@ def shard(src, shards_dir, settings: ShardSettings = ShardSettings(), *, format=
         done = _done_shards(shards_dir, planned, sid, record=world == 1)
         todo = [p for p in planned if p.index % world == rank and p.index not in done]
         rows = sources.iter_rows(src, **read, start=todo[0].row_start if todo else 0)
-        tasks = _tasks(rows, todo, Limits(image_size=image_size),
-                       FetchOptions(settings.timeout, settings.max_bytes, settings.threads))
+        fetch_opts = FetchOptions(settings.timeout, settings.max_bytes, settings.threads,
+                                  settings.public_only)
+        tasks = _tasks(rows, todo, Limits(image_size=image_size), fetch_opts)
         context = {"source": sid, "format": fmt, "image_size": image_size}
         totals = _run(shards_dir, _results(tasks, pool, workers), todo, context,
                       dedup=DedupIndex(shards_dir) if settings.dedup else None,

@@ -18,12 +18,15 @@ from dcpipe.stages.sources.fetch import FetchError, fetch
 from dcpipe.stages.shard.resizer import ImageRejected, Limits, process_image
 from dcpipe.stages.sources.tables import Row
 
+UNEXPECTED = "unexpected_error"  # the reject reason of an error no check foresaw
+
 
 @dataclass(frozen=True)
 class FetchOptions:
     timeout: float
     max_bytes: int
     threads: int = 1  # downloads of a shard in flight at once (they wait on the network)
+    public_only: bool = False  # refuse local sources and non-global addresses
 
 
 @dataclass
@@ -79,16 +82,20 @@ def _sample_meta(row: Row, key: str, p) -> dict:
 def fetch_row(task: ShardTask, row: Row):
     """(key, bytes, seconds) of a row, or its reject Outcome. Runs in a fetching thread."""
     if row.reject:
-        return Outcome(row.row, row.source, None, reason=row.reject)
+        return Outcome(row.row, row.source, None, reason=row.reject, detail=row.detail)
     try:
         key = sample_key(task, row)
     except ValueError as exc:
         return Outcome(row.row, row.source, None, reason="bad_key", detail=str(exc))
     start = time.perf_counter()
+    opts = task.fetch
     try:
-        data = fetch(row.source, timeout=task.fetch.timeout, max_bytes=task.fetch.max_bytes)
-    except FetchError as exc:
-        return Outcome(row.row, row.source, key, reason=exc.reason, detail=exc.detail,
+        data = fetch(row.source, timeout=opts.timeout, max_bytes=opts.max_bytes,
+                     public_only=opts.public_only)
+    except Exception as exc:  # whatever one row does, it ends as that row's reject
+        reason, detail = ((exc.reason, exc.detail) if isinstance(exc, FetchError)
+                          else (UNEXPECTED, repr(exc)))
+        return Outcome(row.row, row.source, key, reason=reason, detail=detail,
                        seconds=(time.perf_counter() - start, 0.0))
     return key, data, time.perf_counter() - start
 
@@ -106,7 +113,7 @@ def process_row(task: ShardTask, row: Row, fetched) -> Outcome:
     except ImageRejected as exc:
         outcome = Outcome(row.row, row.source, key, reason=exc.reason, detail=exc.detail)
     except Exception as exc:  # one odd file must not take the shard down: record it instead
-        outcome = Outcome(row.row, row.source, key, reason="internal_error", detail=repr(exc))
+        outcome = Outcome(row.row, row.source, key, reason=UNEXPECTED, detail=repr(exc))
     outcome.seconds = (fetch_s, time.perf_counter() - start)
     return outcome
 

@@ -1,33 +1,43 @@
 """Source -> bytes, for local paths, `file://` URLs and `http(s)://` URLs, with hard limits.
 
 Every failure is a `FetchError` whose `reason` is a short stable word for the reject record:
-`http_404` (any HTTP status that is not 2xx), `timeout` (the whole request, redirects and body
-included, exceeded `timeout` seconds: a slow-drip server cannot hold a worker), `too_large`
-(the body, or its announced length, exceeds `max_bytes`: reading stops at the cap),
-`connection_error` (refused, reset, closed early), `dns_error`, `ssl_error`, `bad_redirect`
-(no Location, or a redirect to a scheme other than http/https such as file:// or ftp://),
-`too_many_redirects`, `incomplete_body`, `bad_response`, `bad_url`, `unsupported_scheme`,
-`missing_source`, and for local files `not_found`, `not_a_file`, `permission_denied`,
-`read_error`. The source list may name any local file the user chose; local reads are bounded
-by `max_bytes` too and refuse devices and pipes.
+`http_404` (any HTTP status that is not 2xx), `timeout` (the whole request, redirects, headers
+and body included, exceeded `timeout` seconds: a server dripping bytes or header lines cannot
+hold a worker), `too_large` (the body, or its announced length, exceeds `max_bytes`: reading
+stops at the cap), `connection_error` (refused, reset, closed early), `dns_error`, `ssl_error`,
+`bad_redirect` (no Location, or a redirect to a scheme other than http/https such as file:// or
+ftp://), `too_many_redirects`, `incomplete_body`, `bad_response`, `bad_url` (a URL that cannot
+be requested: bad IPv6 brackets or port, an over-long host label, control characters, lone
+surrogates), `unsupported_scheme`, `missing_source`, and for local files `not_found`,
+`not_a_file`, `permission_denied`, `bad_path` (a NUL byte or undecodable text), `read_error`.
+
+The source list may name any local file the user chose, and any address. With
+`public_only=True` local paths and `file://` URLs are refused (`local_refused`) and so are hosts
+that resolve to a private, loopback, link-local or otherwise non-global address
+(`private_address`), checked on every redirect hop and connected to by the checked address (no
+second DNS answer). Local reads are bounded by `max_bytes` too and refuse devices and pipes.
 """
 
+import contextlib
 import http.client
+import ipaddress
 import os
 import socket
 import ssl
 import stat
+import threading
 import time
 from urllib.parse import quote, unquote, urljoin, urlsplit
 from urllib.request import url2pathname
 
-TIMEOUT = 10.0  # seconds per download (connect, and between bytes)
+TIMEOUT = 10.0  # seconds per download, everything included
 MAX_BYTES = 20_000_000  # a body or file larger than this is refused
 MAX_REDIRECTS = 5
 CHUNK = 1 << 16
 USER_AGENT = "dcpipe-shard/0.1"
 _REDIRECTS = (301, 302, 303, 307, 308)
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class FetchError(Exception):
@@ -36,21 +46,29 @@ class FetchError(Exception):
         self.reason, self.detail = reason, detail
 
 
-def fetch(source: str, *, timeout: float = TIMEOUT, max_bytes: int = MAX_BYTES) -> bytes:
+def fetch(source: str, *, timeout: float = TIMEOUT, max_bytes: int = MAX_BYTES,
+          public_only: bool = False) -> bytes:
     if not source:
         raise FetchError("missing_source")
-    scheme = urlsplit(source).scheme.lower()
+    scheme = _split(source).scheme.lower()
     if scheme in ("http", "https"):
-        return _fetch_http(source, time.monotonic() + timeout, max_bytes)
-    if scheme == "file":
-        return read_local(_file_url_path(source), max_bytes)
-    if len(scheme) > 1:  # a one-letter "scheme" is a Windows drive
+        return _fetch_http(source, time.monotonic() + timeout, max_bytes, public_only)
+    if scheme not in ("", "file") and len(scheme) > 1:  # a one-letter "scheme" is a Windows drive
         raise FetchError("unsupported_scheme", scheme)
-    return read_local(source, max_bytes)
+    if public_only:
+        raise FetchError("local_refused", "local paths and file:// URLs are refused (public_only)")
+    return read_local(_file_url_path(source) if scheme == "file" else source, max_bytes)
+
+
+def _split(url: str):
+    try:
+        return urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL"
+        raise FetchError("bad_url", str(exc)) from exc
 
 
 def _file_url_path(url: str) -> str:
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.netloc not in ("", "localhost"):
         raise FetchError("unsupported_scheme", f"file URL on host {parts.netloc}")
     return url2pathname(unquote(parts.path))
@@ -70,22 +88,51 @@ def read_local(path: str, max_bytes: int) -> bytes:
         raise FetchError("permission_denied", path) from exc
     except OSError as exc:
         raise FetchError("read_error", f"{path}: {exc}") from exc
+    except ValueError as exc:  # an embedded NUL byte, a lone surrogate
+        raise FetchError("bad_path", f"{path!r}: {exc}") from exc
     if len(data) > max_bytes:
         raise FetchError("too_large", f"more than {max_bytes} bytes")
     return data
 
 
-def _fetch_http(url: str, deadline: float, max_bytes: int) -> bytes:
-    for _ in range(MAX_REDIRECTS + 1):
-        status, location, body = _http_get_once(url, deadline, max_bytes)
-        if status not in _REDIRECTS:
-            return body
-        if not location:
-            raise FetchError("bad_redirect", f"{status} without Location")
-        url = urljoin(url, location)
-        if urlsplit(url).scheme.lower() not in ("http", "https"):
-            raise FetchError("bad_redirect", f"to {urlsplit(url).scheme or 'no'} scheme")
-    raise FetchError("too_many_redirects", f"more than {MAX_REDIRECTS}")
+class _Watchdog:
+    """Shuts down the socket of the request in flight when the download's deadline passes.
+
+    Socket timeouts count per call, so a server that sends one header line at a time would
+    restart them forever; this bounds connect, headers and body together.
+    """
+
+    def __init__(self, deadline: float):
+        self.sock = None
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self):
+        if self.sock is not None:
+            with contextlib.suppress(OSError):  # the plain socket's shutdown, also under TLS
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+
+    def cancel(self):
+        self._timer.cancel()
+
+
+def _fetch_http(url: str, deadline: float, max_bytes: int, public_only: bool) -> bytes:
+    watchdog = _Watchdog(deadline)
+    try:
+        for _ in range(MAX_REDIRECTS + 1):
+            status, location, body = _http_get_once(url, deadline, max_bytes, public_only,
+                                                    watchdog)
+            if status not in _REDIRECTS:
+                return body
+            if not location:
+                raise FetchError("bad_redirect", f"{status} without Location")
+            url = urljoin(url, location)
+            if _split(url).scheme.lower() not in ("http", "https"):
+                raise FetchError("bad_redirect", f"to {_split(url).scheme or 'no'} scheme")
+        raise FetchError("too_many_redirects", f"more than {MAX_REDIRECTS}")
+    finally:
+        watchdog.cancel()
 
 
 def _remaining(deadline: float) -> float:
@@ -95,26 +142,61 @@ def _remaining(deadline: float) -> float:
     return left
 
 
-def _connection(url: str, deadline: float):
-    parts = urlsplit(url)
+def _request_target(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, request target); whatever in the URL's text cannot be requested
+    fails here as `bad_url`, before any connection."""
+    parts = _split(url)
     try:
         host, port = parts.hostname, parts.port
-    except ValueError as exc:
+        if not host or any(c <= " " for c in host):
+            raise ValueError(f"no usable host in {url!r}")
+        host.encode("idna")  # a label over 63 characters, an empty label
+        target = quote(parts.path or "/", safe=_PATH_SAFE)
+        if parts.query:
+            target += "?" + quote(parts.query, safe=_PATH_SAFE + "?")
+    except (ValueError, UnicodeError) as exc:
         raise FetchError("bad_url", str(exc)) from exc
-    if not host:
-        raise FetchError("bad_url", url)
-    https = parts.scheme.lower() == "https"
-    cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
-    target = quote(parts.path or "/", safe=_PATH_SAFE) + (f"?{parts.query}" if parts.query else "")
-    return cls(host, port, timeout=_remaining(deadline)), target
+    scheme = parts.scheme.lower()
+    return scheme, host, port or _DEFAULT_PORTS[scheme], target
 
 
-def _http_get_once(url: str, deadline: float, max_bytes: int):
-    """(status, Location, body); the body is read only for a 2xx answer."""
-    conn, target = _connection(url, deadline)
+def _refused(address) -> bool:
+    """Private, loopback, link-local, shared, reserved, multicast: anything not public."""
+    return not address.is_global or address.is_multicast
+
+
+def _public_address(host: str, port: int) -> str:
+    """The address to connect to; refused unless every address of `host` is a global one."""
     try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise FetchError("dns_error", str(exc)) from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if _refused(address):
+            raise FetchError("private_address", f"{host} is {address} (public_only)")
+    return infos[0][4][0]
+
+
+def _connection(url: str, deadline: float, public_only: bool):
+    scheme, host, port, target = _request_target(url)
+    cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    conn = cls(host, port, timeout=_remaining(deadline))
+    if public_only:  # connect to the checked address, not to a second DNS answer
+        address = _public_address(host, port)
+        conn._create_connection = lambda _, *args: socket.create_connection((address, port),
+                                                                            *args)
+    return conn, target
+
+
+def _http_get_once(url: str, deadline: float, max_bytes: int, public_only: bool, watchdog):
+    """(status, Location, body); the body is read only for a 2xx answer."""
+    conn, target = _connection(url, deadline, public_only)
+    try:
+        conn.connect()
+        watchdog.sock = sock = conn.sock  # getresponse may hand the socket over to the response
+        sock.settimeout(_remaining(deadline))
         conn.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept": "image/*, */*"})
-        sock = conn.sock  # getresponse may hand the socket over to the response
         resp = conn.getresponse()
         if resp.status in _REDIRECTS:
             return resp.status, resp.getheader("Location"), b""
@@ -123,22 +205,37 @@ def _http_get_once(url: str, deadline: float, max_bytes: int):
         return resp.status, None, _read_body(sock, resp, deadline, max_bytes)
     except FetchError:
         raise
-    except (socket.timeout, TimeoutError) as exc:
-        raise FetchError("timeout") from exc
-    except http.client.IncompleteRead as exc:
-        raise FetchError("incomplete_body", str(exc)) from exc
-    except socket.gaierror as exc:
-        raise FetchError("dns_error", str(exc)) from exc
-    except ssl.SSLError as exc:
-        raise FetchError("ssl_error", str(exc)) from exc
-    except (ConnectionError, http.client.RemoteDisconnected) as exc:
-        raise FetchError("connection_error", exc.__class__.__name__) from exc
-    except http.client.HTTPException as exc:
-        raise FetchError("bad_response", exc.__class__.__name__) from exc
-    except OSError as exc:
-        raise FetchError("connection_error", str(exc)) from exc
+    except Exception as exc:
+        error = _network_error(exc, deadline)
+        if error is None:
+            raise
+        raise error from exc
     finally:
         conn.close()
+
+
+def _network_error(exc: Exception, deadline: float) -> FetchError | None:
+    """The FetchError for what a connection raised (None: not a network error); past the
+    deadline it is always a timeout (the watchdog's shutdown surfaces as a closed connection)."""
+    if time.monotonic() >= deadline or isinstance(exc, (socket.timeout, TimeoutError)):
+        return FetchError("timeout")
+    for kinds, reason in _NETWORK_REASONS:
+        if isinstance(exc, kinds):
+            detail = (str(exc) if reason in ("incomplete_body", "dns_error", "ssl_error")
+                      else exc.__class__.__name__)
+            return FetchError(reason, detail)
+    if isinstance(exc, OSError):
+        return FetchError("connection_error", str(exc))
+    return None
+
+
+_NETWORK_REASONS = (  # first match wins
+    (http.client.IncompleteRead, "incomplete_body"),
+    (socket.gaierror, "dns_error"),
+    (ssl.SSLError, "ssl_error"),
+    ((ConnectionError, http.client.RemoteDisconnected), "connection_error"),
+    (http.client.HTTPException, "bad_response"),
+)
 
 
 def _read_body(sock, resp, deadline: float, max_bytes: int) -> bytes:
@@ -150,6 +247,7 @@ def _read_body(sock, resp, deadline: float, max_bytes: int) -> bytes:
         sock.settimeout(_remaining(deadline))
         chunk = resp.read1(CHUNK)
         if not chunk:
+            _remaining(deadline)  # an end caused by the watchdog is a timeout, not a body
             return b"".join(chunks)
         size += len(chunk)
         if size > max_bytes:

@@ -10,29 +10,50 @@ by a kill is cut off before the next append, so a killed sync simply continues.
 
 Hidden files and folders (name starting with '.') are skipped; symlinked folders are not
 followed (no loops). The class is the first path component; files directly under the root have
-no class.
+no class. What the walk cannot enter is listed too, so it becomes a row and that row's reject
+instead of stopping the walk: a sub-folder it cannot list as `rel/` (an `unreadable_folder`
+row, also logged with the error; its files become new rows once it is readable) and an entry
+it cannot stat, such as a symlink loop, as a file (its read fails with the reason).
 """
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 TAIL_PROBE = 1 << 16
 
 
 def walk_sorted(root, prefix="") -> Iterator[str]:
-    """Relative POSIX paths of the regular files under `root`, in sorted order, streaming."""
-    with os.scandir(root) as it:
-        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    """Relative POSIX paths of the regular files under `root`, in sorted order, streaming,
+    and of what cannot be entered (see the module docstring). The root itself must be
+    readable (OSError otherwise)."""
+    try:
+        with os.scandir(root) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as exc:
+        if not prefix:
+            raise
+        log.warning(json.dumps({"event": "unreadable_folder", "path": str(root),
+                                "error": str(exc)}))
+        yield prefix
+        return
     for entry in entries:
         rel = f"{prefix}{entry.name}"
-        if entry.is_dir(follow_symlinks=False):
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            is_file = not is_dir and entry.is_file()
+        except OSError:  # a symlink loop: listed, so that reading it becomes the row's reject
+            yield rel
+            continue
+        if is_dir:
             yield from walk_sorted(entry.path, rel + "/")
-        elif entry.is_file():
+        elif is_file:
             yield rel
 
 

@@ -3,6 +3,7 @@ import time
 import pytest
 from support.imageserver import ImageServer
 
+from dcpipe.stages.sources import fetch as fetch_module
 from dcpipe.stages.sources.fetch import FetchError, fetch
 
 
@@ -64,3 +65,45 @@ def test_unusable_sources():
     assert _reason("ftp://127.0.0.1/x.jpg") == "unsupported_scheme"
     assert _reason("http://127.0.0.1:99999/x") == "bad_url"
     assert _reason("http://127.0.0.1:1/x", timeout=2) == "connection_error"
+
+
+def test_header_lines_dripped_slowly_time_out_within_budget(server):
+    start = time.monotonic()
+    assert _reason(server.url("slow-headers"), timeout=1.5) == "timeout"
+    assert time.monotonic() - start < 2.5
+
+
+@pytest.mark.parametrize("url", [
+    "http://[::1/x.jpg",  # unclosed IPv6 bracket
+    f"http://{'a' * 64}.example.com/x.jpg",  # a host label over 63 characters
+    "http://127.0.0.1/x\ud800.jpg",  # a lone surrogate
+    "http://127.0.0.1/x.jpg?q=\ud800",
+    "http://a\0b/x.jpg",  # a NUL byte in the host
+])
+def test_urls_that_cannot_be_requested_are_bad_url(url):
+    assert _reason(url, timeout=2) == "bad_url"
+
+
+def test_local_paths_that_cannot_be_opened_are_bad_path(tmp_path):
+    assert _reason(f"{tmp_path}/x\0.jpg") == "bad_path"
+    assert _reason(f"file://{tmp_path}/x%00.jpg") == "bad_path"
+    assert _reason(f"{tmp_path}/x\ud800.jpg") == "bad_path"
+
+
+def test_public_only_refuses_local_sources_and_private_addresses(server, tmp_path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"abc")
+    assert _reason(str(path), public_only=True) == "local_refused"
+    assert _reason(path.as_uri(), public_only=True) == "local_refused"
+    assert _reason(server.url("f/ok.jpg"), public_only=True) == "private_address"
+    assert fetch(server.url("f/ok.jpg"), public_only=False) == b"\xff\xd8 image bytes"
+
+
+def test_public_only_checks_every_redirect_hop(server, monkeypatch):
+    # The test server is on 127.0.0.1, so for this test only that address counts as public:
+    # the redirect to 127.0.0.2 (another loopback address) must be refused at its own hop.
+    monkeypatch.setattr(fetch_module, "_refused", lambda address: str(address) != "127.0.0.1")
+    port = server.httpd.server_address[1]
+    assert fetch(server.url("f/ok.jpg"), public_only=True) == b"\xff\xd8 image bytes"
+    hop = server.url(f"redirect?to=http://127.0.0.2:{port}/f/ok.jpg")
+    assert _reason(hop, public_only=True, timeout=2) == "private_address"

@@ -1,3 +1,4 @@
+import gzip
 import json
 
 import pyarrow as pa
@@ -5,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dcpipe.stages.sources.folders import sync_listing
-from dcpipe.stages.sources.tables import SourceError, iter_rows
+from dcpipe.stages.sources.tables import MAX_LINE_CHARS, SourceError, iter_rows
 
 # A YFCC100M line of each release (tab separated). Fields as released: URL-encoded text,
 # comma-separated tags, marker 0 = photo, 1 = video.
@@ -135,3 +136,24 @@ def test_unusable_source_lists_raise_clear_errors(tmp_path, name, content, kw, m
         src.write_text(content)
     with pytest.raises(SourceError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _rows(src, **kw)
+
+
+def test_damaged_gzip_list_stops_naming_file_and_line(tmp_path):
+    src = tmp_path / "list.txt.gz"
+    data = gzip.compress("".join(f"http://h/{i}.jpg\n" for i in range(5000)).encode())
+    src.write_bytes(data[: len(data) // 2])  # cut mid-stream
+    with pytest.raises(SourceError, match=r"list.txt.gz: unreadable after line \d+"):
+        _rows(src)
+
+
+def test_every_line_format_rejects_an_over_long_line_by_length(tmp_path):
+    long = "x" * (MAX_LINE_CHARS + 10)
+    cases = {"list.txt": f"a.jpg\n{long}\nb.jpg\n",
+             "list.jsonl": f'{{"url": "a.jpg"}}\n{long}\n{{"url": "b.jpg"}}\n',
+             "list.csv": f"url\na.jpg\n{long}\nb.jpg\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        rows = _rows(tmp_path / name)
+        assert [(r.source, r.reject) for r in rows] == [
+            ("a.jpg", None), (None, "line_too_long"), ("b.jpg", None)], name
+        assert rows[1].detail.startswith(f"{MAX_LINE_CHARS + 10} characters"), name
