@@ -6,7 +6,10 @@ into the model is the same whatever the number of workers, ranks or restarts, an
 are reproducible bit for bit.
 
 Every row of a shard comes out exactly once: as an image, or as a failure with its reason
-(undecodable image, missing member, or rows lost where the tar breaks off). Images leave the
+(undecodable image, missing member, or rows lost where another tool's tar breaks off; a shard of
+ours that is damaged stops the stage: `iter_shard` verifies it against its manifest digest, and
+a shard's last batch leaves the worker only once its tar has been read to the end and found
+good, so a damaged shard is never committed to the store). Images leave the
 workers as centre-cropped uint8 (n, H, W, 3); the consumer normalises the whole batch
 (`models.normalize_batch`).
 """
@@ -22,6 +25,7 @@ from dcpipe.shards.reader import ShardReadError, iter_shard
 
 from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.models import eval_crop
+from dcpipe.stages.common.workererrors import handed_on
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class ShardJob:
     position: int  # shard index within the round's list (the store's `shard` value)
     path: str
     count: int  # samples the layout expects
+    sha256: str | None = None  # the manifest's digest: the tar is verified as it is read
 
 
 class ShardLayoutError(RuntimeError):
@@ -78,7 +83,7 @@ class ShardBatches(IterableDataset):
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         transform = eval_crop(self.input_size)
         for job in self.jobs[worker::n_workers]:
-            yield from self._shard(job, transform)
+            yield from handed_on(self._shard(job, transform))
 
     def _label(self, meta: dict) -> int:
         label = meta.get("label")
@@ -97,22 +102,26 @@ class ShardBatches(IterableDataset):
         batch.add_row(row, sample.key, label, image=image)
 
     def _shard(self, job: ShardJob, transform):
-        size, batch = self.batch_size, _Batch(job.position)
+        """The shard's batches; each is yielded once the next row has been read, so the last
+        one only after the whole tar has been read (and verified)."""
+        batch = _Batch(job.position)
         for row, sample, lost in _rows(job):
+            if len(batch.rows) == self.batch_size:
+                yield batch.finish(self.input_size)
+                batch = _Batch(job.position)
             if sample is None:
                 batch.add_row(row, None, -1, failure=lost)
             else:
                 self._decode(sample, transform, batch, row)
-            if (row + 1) % size == 0 or row + 1 == job.count:
-                yield batch.finish(self.input_size)
-                batch = _Batch(job.position)
+        if batch.rows:
+            yield batch.finish(self.input_size)
 
 
 def _rows(job: ShardJob):
     """(row, sample, None) for each row in the tar, then (row, None, reason) for rows it lost."""
     seen, lost = 0, None
     try:
-        for row, sample in enumerate(iter_shard(job.path)):
+        for row, sample in enumerate(iter_shard(job.path, job.sha256)):
             if row >= job.count:
                 raise ShardLayoutError(f"{job.path} has more than the {job.count} samples "
                                        "its manifest lists; was it rewritten?")
