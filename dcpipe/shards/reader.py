@@ -7,8 +7,8 @@ tar headers). Row `i` of a shard is its `i`-th sample in tar order, everywhere i
 A shard of ours is verified as it is read: the bytes are hashed on their way to the tar parser
 (one pass, no second read) and, at the end of the tar, compared with the manifest's sha256. A
 missing, short or altered tar of ours is then a `ShardCorrupt` (the user must restore or
-re-shard it), never a few rows quietly lost. Readers stop at the end of the tar: the samples
-they were given before it are only known good once the iteration has finished.
+re-shard it), never a few rows quietly lost. The check happens at the end of the tar, before
+the shard's last sample is given out: a reader that has the last sample has a verified shard.
 """
 
 import hashlib

@@ -27,9 +27,13 @@ def cut(path, keep_fraction: float = 0.5) -> None:
     Path(path).write_bytes(data[: int(len(data) * keep_fraction)])
 
 
+def largest_weight(state: dict) -> torch.Tensor:
+    return max(state.values(), key=lambda t: t.numel())
+
+
 def flip_low_bit_of_weight(pt_path, weight: torch.Tensor) -> None:
     """Flip the lowest mantissa bit of `weight`'s first float where the .pt stores it."""
-    needle = weight.detach().cpu().contiguous().reshape(-1)[:8].numpy().tobytes()
+    needle = weight.detach().cpu().contiguous().reshape(-1)[:16].numpy().tobytes()
     data = Path(pt_path).read_bytes()
     where = data.find(needle)
     assert where >= 0 and data.find(needle, where + 1) < 0, "weight bytes not found once"

@@ -8,7 +8,6 @@ read of the file) and refuses a file whose contents differ. A file written befor
 recorded digests has no `sha256` and loads unverified (`dcpipe verify` says so).
 """
 import hashlib
-import pickle
 from pathlib import Path
 
 import torch
@@ -55,7 +54,7 @@ def load_checked(path, map_location="cpu") -> dict:
     FileFormatError when what it holds no longer matches the digest."""
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+    except (RuntimeError, EOFError) as exc:  # (a refused pickle stays UnpicklingError)
         raise FileFormatError(f"{path}: not a readable dcpipe torch file ({exc})") from exc
     if not isinstance(blob, dict):
         raise FileFormatError(f"{path}: not a file written by dcpipe")

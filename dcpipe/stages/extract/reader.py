@@ -7,9 +7,9 @@ are reproducible bit for bit.
 
 Every row of a shard comes out exactly once: as an image, or as a failure with its reason
 (undecodable image, missing member, or rows lost where another tool's tar breaks off; a shard of
-ours that is damaged stops the stage: `iter_shard` verifies it against its manifest digest, and
-a shard's last batch leaves the worker only once its tar has been read to the end and found
-good, so a damaged shard is never committed to the store). Images leave the
+ours that is damaged stops the stage: `iter_shard` verifies it against its manifest digest and
+gives a shard's last sample only once the whole tar has been found good, so the last batch of a
+damaged shard never leaves the worker and the shard is never committed). Images leave the
 workers as centre-cropped uint8 (n, H, W, 3); the consumer normalises the whole batch
 (`models.normalize_batch`).
 """
@@ -102,19 +102,15 @@ class ShardBatches(IterableDataset):
         batch.add_row(row, sample.key, label, image=image)
 
     def _shard(self, job: ShardJob, transform):
-        """The shard's batches; each is yielded once the next row has been read, so the last
-        one only after the whole tar has been read (and verified)."""
-        batch = _Batch(job.position)
+        size, batch = self.batch_size, _Batch(job.position)
         for row, sample, lost in _rows(job):
-            if len(batch.rows) == self.batch_size:
-                yield batch.finish(self.input_size)
-                batch = _Batch(job.position)
             if sample is None:
                 batch.add_row(row, None, -1, failure=lost)
             else:
                 self._decode(sample, transform, batch, row)
-        if batch.rows:
-            yield batch.finish(self.input_size)
+            if (row + 1) % size == 0 or row + 1 == job.count:
+                yield batch.finish(self.input_size)
+                batch = _Batch(job.position)
 
 
 def _rows(job: ShardJob):
