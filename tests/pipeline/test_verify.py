@@ -11,7 +11,7 @@ from dcpipe.pipeline.workspace import Workspace
 from support.cli import dcpipe
 from support.damage import cut, first_chunk, flip_byte, flip_in_member, flip_low_bit_of_weight
 from support.damage import largest_weight
-from pipeline.test_rounds import tiny_workspace
+from support.workspaces import tiny_workspace
 
 
 @pytest.fixture(scope="module")
