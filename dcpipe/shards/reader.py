@@ -12,6 +12,7 @@ the shard's last sample is given out: a reader that has the last sample has a ve
 """
 
 import hashlib
+import io
 import json
 import tarfile
 from dataclasses import dataclass, field
@@ -73,17 +74,33 @@ def _split_member(name: str) -> tuple[str, str]:
 
 
 class _HashingReader:
-    """Read-only file wrapper that hashes every byte read through it (tarfile's stream mode
-    only reads forward, so the hash covers the tar exactly once)."""
+    """Read-only file wrapper that hashes every byte read through it. tarfile reads members in
+    order and only ever seeks forward (past padding): a forward seek reads the bytes it skips,
+    so the hash covers the whole tar exactly once."""
 
     def __init__(self, f):
         self._f = f
         self.sha256 = hashlib.sha256()
+        self._pos = 0
 
     def read(self, size=-1):
         data = self._f.read(size)
         self.sha256.update(data)
+        self._pos += len(data)
         return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET or offset < self._pos:
+            raise io.UnsupportedOperation("a hashed tar is read forward only")
+        while self._pos < offset and self.read(min(HASH_BLOCK, offset - self._pos)):
+            pass
+        return self._pos
 
     def digest_to_end(self) -> str:
         while self.read(HASH_BLOCK):
@@ -100,8 +117,8 @@ def _members(path: Path, sha256: str | None = None) -> Iterator[tuple[str, str, 
     """
     try:
         with open(path, "rb") as f:
-            hashing = _HashingReader(f)
-            with tarfile.open(fileobj=hashing, mode="r|") as tar:
+            source = f if sha256 is None else _HashingReader(f)
+            with tarfile.open(fileobj=source, mode="r:") as tar:
                 for info in tar:
                     if info.isfile():
                         data = tar.extractfile(info).read()
@@ -110,10 +127,10 @@ def _members(path: Path, sha256: str | None = None) -> Iterator[tuple[str, str, 
                         yield (*_split_member(info.name), data)
                 if path.stat().st_size < tar.offset + 2 * tarfile.BLOCKSIZE:
                     raise ShardReadError(f"{path}: tar ends without its end-of-archive marker")
-            found = hashing.digest_to_end()
+            found = None if sha256 is None else source.digest_to_end()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ShardReadError(f"{path}: {exc.__class__.__name__}: {exc}") from exc
-    if sha256 is not None and found != sha256:
+    if found != sha256:
         raise ShardCorrupt(f"shard {path}: its bytes do not match the sha256 its manifest entry "
                            "records (the tar was altered or damaged on disk): restore it from a "
                            "copy, or delete it and its manifest line and shard its rows again")

@@ -35,9 +35,12 @@ class StreamChunks(IterableDataset):
         return handed_on(self._chunks())
 
     def _chunks(self):
+        """Each chunk goes out once the next one is drawn: the stream's end, where its last
+        tars are read to their end and verified, comes before its last chunk leaves."""
         draws = self.sampler.iter_stream(self.stream, self.first * self.chunk)
+        ahead = list(itertools.islice(draws, self.chunk))
         for q in itertools.count(self.first):
-            batch = list(itertools.islice(draws, self.chunk))
+            batch, ahead = ahead, list(itertools.islice(draws, self.chunk))
             if not batch:
                 return
             torch.manual_seed(seeds.int_seed(self.sampler.seed, self.sampler.round_index,
