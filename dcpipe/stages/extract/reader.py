@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from dcpipe.shards.reader import ShardReadError, iter_shard
+from dcpipe.shards.reader import ShardCorrupt, ShardReadError, iter_shard
 
 from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.models import eval_crop
@@ -36,7 +36,7 @@ class ShardJob:
     sha256: str | None = None  # the manifest's digest: the tar is verified as it is read
 
 
-class ShardLayoutError(RuntimeError):
+class ShardLayoutError(ShardCorrupt):
     """A shard holds more samples than its manifest entry: the store layout would be wrong."""
 
 
