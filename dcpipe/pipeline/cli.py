@@ -190,6 +190,21 @@ def show_status(ctx, as_json):
     echo_json(result) if as_json else click.echo(status.format_text(result))
 
 
+@main.command("verify")
+@handled(locked=False)
+def verify_command(ctx):
+    """Check every shard, feature store, label index and model file against its recorded digest."""
+    from dcpipe.pipeline.verify import verify
+
+    result = verify(ctx.obj["ws"], ctx.obj["progress"])
+    for problem in result.problems:
+        click.echo(problem)
+    if result.problems:
+        fail(f"{len(result.problems)} damaged or missing file(s) (listed above); "
+             f"checked {result.summary()}")
+    click.echo(f"all good: checked {result.summary()}")
+
+
 @main.command()
 @click.option("--rounds", "n_rounds", type=int, default=6, show_default=True)
 @handled(locked=True)

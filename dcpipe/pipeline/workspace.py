@@ -13,7 +13,7 @@ from pathlib import Path
 from dcpipe.errors import DcpipeError
 from dcpipe.pipeline import config as configuration
 from dcpipe.shards.atomic import atomic_write_json, read_json
-from dcpipe.shards.reader import ShardInfo, list_shards
+from dcpipe.shards.reader import ShardInfo, list_shards, missing_or_short
 from dcpipe.stages.cluster import outputs as cluster_outputs
 from dcpipe.stages.evaluate import outputs as eval_outputs
 from dcpipe.stages.extract import outputs as extract_outputs
@@ -133,7 +133,10 @@ class Workspace:
         return [self.round(r) for r in found]
 
     def round_shards(self, r: int) -> list[ShardInfo]:
-        """The shards round r uses: fixed when the round starts, so later shards join round r+1."""
+        """The shards round r uses: fixed when the round starts, so later shards join round r+1.
+
+        A missing or short tar among them stops the round here, before any work (its rows must
+        not silently drop out); the stages verify each tar's digest as they read it."""
         path = self.round(r).shard_list
         names = read_json(path)
         available = {s.name: s for s in list_shards(self.shards_dir)}
@@ -145,7 +148,13 @@ class Workspace:
         missing = [n for n in names if n not in available]
         if missing:
             raise WorkspaceError(f"round {r} uses shards that are gone from {self.shards_dir}: {missing[:5]}")
-        return [available[n] for n in names]
+        shards = [available[n] for n in names]
+        damaged = missing_or_short(shards)
+        if damaged:
+            raise WorkspaceError(f"round {r} cannot use its shards: {'; '.join(damaged[:5])}"
+                                 f"{' ...' if len(damaged) > 5 else ''} (restore them, or run "
+                                 "`dcpipe verify` for the whole list)")
+        return shards
 
     def step_done(self, r: int, step: str) -> bool:
         return self.round(r).done(step)

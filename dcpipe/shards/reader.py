@@ -3,21 +3,35 @@
 Works on our own shards (listed by manifest.jsonl) and on WebDataset shards written by other
 tools such as img2dataset (any `*.tar` in the folder, in sorted order, samples counted from the
 tar headers). Row `i` of a shard is its `i`-th sample in tar order, everywhere in dcpipe.
+
+A shard of ours is verified as it is read: the bytes are hashed on their way to the tar parser
+(one pass, no second read) and, at the end of the tar, compared with the manifest's sha256. A
+missing, short or altered tar of ours is then a `ShardCorrupt` (the user must restore or
+re-shard it), never a few rows quietly lost. The check happens at the end of the tar, before
+the shard's last sample is given out: a reader that has the last sample has a verified shard.
 """
 
+import hashlib
+import io
 import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from dcpipe.errors import DcpipeError
 from dcpipe.shards.manifest import load_manifest
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+HASH_BLOCK = 1 << 20
 
 
 class ShardReadError(Exception):
     """A shard that cannot be read to its end (truncated or corrupt tar)."""
+
+
+class ShardCorrupt(DcpipeError):
+    """A shard of ours that is missing, short or not the bytes its manifest entry records."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +41,8 @@ class ShardInfo:
     path: Path
     n_samples: int
     classes: tuple = field(default=())
+    sha256: str | None = None  # recorded by the manifest (None: another tool's shard)
+    bytes: int | None = None
 
 
 @dataclass
@@ -43,7 +59,7 @@ def list_shards(shards_dir) -> list[ShardInfo]:
     if entries:
         return [
             ShardInfo(e["index"], e["name"], shards_dir / f"{e['name']}.tar", e["n_samples"],
-                      tuple(e.get("classes", ())))
+                      tuple(e.get("classes", ())), e.get("sha256"), e.get("bytes"))
             for e in entries
         ]
     tars = sorted(p for p in shards_dir.glob("*.tar") if not p.name.startswith("."))
@@ -57,24 +73,67 @@ def _split_member(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
-def _members(path: Path) -> Iterator[tuple[str, str, bytes]]:
-    """(key, ext, data) of each file member; a short member or a missing end marker is an error.
+class _HashingReader:
+    """Read-only file wrapper that hashes every byte read through it. tarfile reads members in
+    order and only ever seeks forward (past padding): a forward seek reads the bytes it skips,
+    so the hash covers the whole tar exactly once."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self._pos = 0
+
+    def read(self, size=-1):
+        data = self._f.read(size)
+        self.sha256.update(data)
+        self._pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET or offset < self._pos:
+            raise io.UnsupportedOperation("a hashed tar is read forward only")
+        while self._pos < offset and self.read(min(HASH_BLOCK, offset - self._pos)):
+            pass
+        return self._pos
+
+    def digest_to_end(self) -> str:
+        while self.read(HASH_BLOCK):
+            pass
+        return self.sha256.hexdigest()
+
+
+def _members(path: Path, sha256: str | None = None) -> Iterator[tuple[str, str, bytes]]:
+    """(key, ext, data) of each file member; a short member or a missing end marker is an error,
+    and so is, with `sha256`, a tar whose bytes hash otherwise (checked after the last member).
 
     tarfile treats a file cut at a header boundary as a normal end, so the end-of-archive
     blocks (two zero records) are checked explicitly.
     """
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for info in tar:
-                if info.isfile():
-                    data = tar.extractfile(info).read()
-                    if len(data) != info.size:
-                        raise ShardReadError(f"{path}: member {info.name} is truncated")
-                    yield (*_split_member(info.name), data)
-            if path.stat().st_size < tar.offset + 2 * tarfile.BLOCKSIZE:
-                raise ShardReadError(f"{path}: tar ends without its end-of-archive marker")
+        with open(path, "rb") as f:
+            source = f if sha256 is None else _HashingReader(f)
+            with tarfile.open(fileobj=source, mode="r:") as tar:
+                for info in tar:
+                    if info.isfile():
+                        data = tar.extractfile(info).read()
+                        if len(data) != info.size:
+                            raise ShardReadError(f"{path}: member {info.name} is truncated")
+                        yield (*_split_member(info.name), data)
+                if path.stat().st_size < tar.offset + 2 * tarfile.BLOCKSIZE:
+                    raise ShardReadError(f"{path}: tar ends without its end-of-archive marker")
+            found = None if sha256 is None else source.digest_to_end()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ShardReadError(f"{path}: {exc.__class__.__name__}: {exc}") from exc
+    if found != sha256:
+        raise ShardCorrupt(f"shard {path}: its bytes do not match the sha256 its manifest entry "
+                           "records (the tar was altered or damaged on disk): restore it from a "
+                           "copy, or delete it and its manifest line and shard its rows again")
 
 
 def _sample(key: str, parts: dict[str, bytes]) -> Sample:
@@ -89,10 +148,25 @@ def _sample(key: str, parts: dict[str, bytes]) -> Sample:
     return Sample(key, image, meta, error)
 
 
-def iter_shard(path) -> Iterator[Sample]:
-    """Samples of one shard in tar order; raises ShardReadError where the tar breaks off."""
+def iter_shard(path, sha256: str | None = None) -> Iterator[Sample]:
+    """Samples of one shard in tar order; raises ShardReadError where the tar breaks off.
+
+    With `sha256` (a shard of ours: `ShardInfo.sha256`) the tar is verified as it is read and
+    any damage, a missing file or a short tar included, raises ShardCorrupt instead.
+    """
+    try:
+        yield from _samples(Path(path), sha256)
+    except ShardReadError as exc:
+        if sha256 is None:
+            raise
+        raise ShardCorrupt(f"shard {path} is missing or damaged ({exc}): restore it from a "
+                           "copy, or delete it and its manifest line and shard its rows again"
+                           ) from exc
+
+
+def _samples(path: Path, sha256: str | None) -> Iterator[Sample]:
     key, parts = None, {}
-    for member_key, ext, data in _members(Path(path)):
+    for member_key, ext, data in _members(path, sha256):
         if member_key != key:
             if key is not None:
                 yield _sample(key, parts)
@@ -114,3 +188,35 @@ def count_samples(path) -> int:
     except (tarfile.TarError, OSError) as exc:
         raise ShardReadError(f"{path}: {exc}") from exc
     return keys
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def missing_or_short(shards: list[ShardInfo]) -> list[str]:
+    """What is wrong with the files of `shards` that a stat can tell (no reading)."""
+    problems = []
+    for shard in shards:
+        try:
+            size = shard.path.stat().st_size
+        except FileNotFoundError:
+            problems.append(f"{shard.path} is missing")
+            continue
+        if shard.bytes is not None and size != shard.bytes:
+            problems.append(f"{shard.path} has {size} bytes, its manifest entry {shard.bytes}")
+    return problems
+
+
+def verify_shard(shard: ShardInfo) -> str | None:
+    """What is wrong with a shard's tar (missing, short, other bytes), or None; reads it whole."""
+    problems = missing_or_short([shard])
+    if problems:
+        return problems[0]
+    if shard.sha256 is not None and file_sha256(shard.path) != shard.sha256:
+        return f"{shard.path}: sha256 differs from its manifest entry (altered or damaged)"
+    return None

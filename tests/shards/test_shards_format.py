@@ -10,8 +10,10 @@ from PIL import Image
 
 from dcpipe.shards.manifest import add_entry, load_manifest
 from dcpipe.shards.naming import MAX_KEY_LEN, make_key, sanitize_key, shard_name
-from dcpipe.shards.reader import ShardReadError, count_samples, iter_shard, list_shards
+from dcpipe.shards.reader import (ShardCorrupt, ShardReadError, count_samples, iter_shard,
+                                  list_shards, missing_or_short, verify_shard)
 from dcpipe.shards.writer import ShardWriter
+from support.damage import cut, flip_in_member
 
 
 def _jpeg(colour=(200, 10, 10)):
@@ -144,3 +146,39 @@ def test_manifest_append_cut_by_a_kill_is_skipped_then_repaired(tmp_path):
     assert [e["index"] for e in load_manifest(tmp_path)["shards"]] == [0]
     _write(tmp_path, 2, 1)
     assert [e["index"] for e in load_manifest(tmp_path)["shards"]] == [0, 2]
+
+
+# ---------------------------------------------------------------- verification against the manifest
+def _read_all(shard):
+    return [s.key for s in iter_shard(shard.path, shard.sha256)]
+
+
+def test_a_shard_of_ours_is_verified_as_it_is_read(tmp_path):
+    _write(tmp_path, 0, 3)
+    [shard] = list_shards(tmp_path)
+    assert shard.sha256 and shard.bytes == shard.path.stat().st_size
+    assert _read_all(shard) == [make_key(0, r) for r in range(3)]
+    assert verify_shard(shard) is None
+
+
+def test_a_flipped_byte_in_a_jpeg_member_stops_the_read_naming_the_shard(tmp_path):
+    _write(tmp_path, 0, 3)
+    [shard] = list_shards(tmp_path)
+    flip_in_member(shard.path, nth=1)
+    samples = iter_shard(shard.path, shard.sha256)
+    assert [next(samples).key for _ in range(2)] == [make_key(0, 0), make_key(0, 1)]
+    with pytest.raises(ShardCorrupt, match="000000.tar.*sha256"):  # before the last sample
+        next(samples)
+    assert "sha256 differs" in verify_shard(shard)
+    assert len(list(iter_shard(shard.path))) == 3  # without a digest: read as it is
+
+
+@pytest.mark.parametrize("damage", ["cut", "delete"])
+def test_a_short_or_missing_shard_of_ours_is_an_error_not_lost_rows(tmp_path, damage):
+    _write(tmp_path, 0, 3)
+    [shard] = list_shards(tmp_path)
+    cut(shard.path, 0.6) if damage == "cut" else shard.path.unlink()
+    with pytest.raises(ShardCorrupt, match="000000.tar"):
+        _read_all(shard)
+    assert missing_or_short([shard]) == [verify_shard(shard)]
+    assert ("missing" if damage == "delete" else "bytes, its manifest entry") in verify_shard(shard)

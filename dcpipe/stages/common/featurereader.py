@@ -11,6 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
+from dcpipe.errors import FileFormatError
 from dcpipe.shards.naming import is_valid_key
 
 from dcpipe.stages.common.featurestore import FeatureStore, open_store
@@ -19,7 +20,7 @@ from dcpipe.stages.common.featurestore import FeatureStore, open_store
 BLOCK_BYTES = 8 << 20
 
 
-class StoreError(ValueError):
+class StoreError(FileFormatError):
     """The feature store is missing, incomplete or inconsistent."""
 
 
@@ -44,16 +45,16 @@ def shard_names(store: FeatureStore) -> list[str]:
 
 def read_valid(store: FeatureStore) -> np.ndarray:
     """uint8 (R,): 1 where the row holds a feature."""
-    return np.asarray(store.group["valid"][:], dtype=np.uint8)
+    return store.read("valid").astype(np.uint8, copy=False)
 
 
 def read_true_labels(store: FeatureStore) -> np.ndarray | None:
     """int32 (R,) class index per row (-1 unknown), or None when the store has none."""
     try:  # (not via array_keys(): listing the group trips over the keys/ folder)
-        array = store.group["true_label"]
+        store.group["true_label"]
     except KeyError:
         return None
-    return np.asarray(array[:], dtype=np.int32)
+    return store.read("true_label").astype(np.int32, copy=False)
 
 
 def read_keys(store: FeatureStore, s: int) -> list:
@@ -77,13 +78,12 @@ def iter_blocks(store: FeatureStore, block: int, wanted=None) -> Iterator[tuple[
     `wanted`, a boolean per block, skips blocks the caller does not need. The next block is
     read while the caller handles the current one (zarr decompresses outside the GIL).
     """
-    features = store.group["features"]
     starts = range(0, store.n_rows, block)
     if wanted is not None:
         starts = [s for s, w in zip(starts, wanted) if w]
 
     def read(start):
-        return np.asarray(features[start:start + block])
+        return store.read("features", start, start + block)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None

@@ -15,6 +15,12 @@ so writers of different shards never touch the same chunk file. NNNNNN is the sh
 in the round's shard list (attrs["shard_names"] gives the tar names). The layout (all arrays,
 offsets, attributes) is built in a temporary folder and renamed into place, so a store exists
 only with its full layout; the group attribute `complete` becomes true when every shard is done.
+
+Verified reading (format 2): every chunk carries a crc32c checksum (zarr v3's `crc32c` codec,
+after zstd) and every chunk of a committed shard is stored, all-fill ones included
+(write_empty_chunks), so a flipped byte or a missing chunk file is a StoreCorrupt naming the
+store, array and rows, never a silent fill value. Stores of format 1 (written before checksums)
+still read as they did, unverified: their all-fill chunks were legitimately not stored.
 """
 from __future__ import annotations
 
@@ -26,10 +32,16 @@ from typing import Iterator
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.storage import LocalStore
 
+from dcpipe.errors import FileFormatError
 from dcpipe.shards.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
 
-FORMAT = "dcpipe.features/1"
+FORMAT = "dcpipe.features/2"
+UNCHECKED_FORMAT = "dcpipe.features/1"  # no checksums, all-fill chunks not stored
+COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())  # zarr's default zstd, then a checksum
+WRITE_ALL_CHUNKS = {"write_empty_chunks": True}  # a missing chunk file is then always damage
 # per-row arrays besides `features`: dtype and fill value (what padding rows hold)
 ROW_ARRAYS = {"valid": ("uint8", 0), "shard": ("int32", -1), "row": ("int32", -1),
               "true_label": ("int32", -1)}
@@ -47,6 +59,21 @@ def shard_file(s: int) -> str:
     return f"{s:06d}.json"
 
 
+class StoreCorrupt(FileFormatError):
+    """A feature store chunk that is missing or fails its checksum."""
+
+
+class _ChunkCheckedStore(LocalStore):
+    """A local zarr store in which a missing chunk is an error, not the fill value."""
+
+    async def get(self, key, prototype=None, byte_range=None):
+        found = await super().get(key, prototype, byte_range)
+        if found is None and "/c/" in key:
+            raise StoreCorrupt(f"{Path(str(self.root)) / key} is missing: the feature store is "
+                               "damaged; delete it to extract the round again")
+        return found
+
+
 def create_store(path, *, counts, dim: int, dtype: str, chunk_rows: int, attrs: dict) -> None:
     """Write the whole layout under a temporary name, then rename it to `path` (atomic)."""
     path = Path(path)
@@ -56,15 +83,16 @@ def create_store(path, *, counts, dim: int, dtype: str, chunk_rows: int, attrs: 
     layout = {"format": FORMAT, "complete": False, "n_rows": n_rows, "dim": dim,
               "dtype": dtype, "chunk_rows": chunk_rows}
     group = zarr.open_group(tmp, mode="w", zarr_format=3, attributes={**attrs, **layout})
+    checked = {"compressors": COMPRESSORS, "config": WRITE_ALL_CHUNKS}
     group.create_array("features", shape=(n_rows, dim), chunks=(chunk_rows, dim), dtype=dtype,
-                       fill_value=0)
+                       fill_value=0, **checked)
     for name, (kind, fill) in ROW_ARRAYS.items():
         group.create_array(name, shape=(n_rows,), chunks=(chunk_rows,), dtype=kind,
-                           fill_value=fill)
+                           fill_value=fill, **checked)
     n_shards = max(len(offsets), 1)  # zarr wants chunks >= 1 even for an empty shard list
     for name, values in (("shard_offset", offsets), ("shard_count", np.asarray(counts))):
         group.create_array(name, shape=(len(offsets),), chunks=(n_shards,), dtype="int64",
-                           fill_value=0)[:] = values
+                           fill_value=0, **checked)[:] = values
     (tmp / "keys").mkdir()
     (tmp / "done").mkdir()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,17 +110,21 @@ class FeatureStore:
 
     def __init__(self, path, mode: str = "r"):
         self.path = Path(path)
-        if not (self.path / "zarr.json").exists():
+        meta = read_json(self.path / "zarr.json")
+        if meta is None:
             raise FileNotFoundError(f"no feature store at {self.path}")
-        self.group = zarr.open_group(self.path, mode=mode, zarr_format=3)
-        self.attrs = dict(self.group.attrs)
-        if self.attrs.get("format") != FORMAT:
+        store_format = meta.get("attributes", {}).get("format")
+        if store_format not in (FORMAT, UNCHECKED_FORMAT):
             raise ValueError(f"{self.path} is not a dcpipe feature store")
+        self.checked = store_format == FORMAT
+        where = _ChunkCheckedStore(self.path, read_only=mode == "r") if self.checked else self.path
+        self.group = zarr.open_group(where, mode=mode, zarr_format=3)
+        self.attrs = dict(self.group.attrs)
         self.n_rows = self.attrs["n_rows"]
         self.dim = self.attrs["dim"]
         self.chunk_rows = self.attrs["chunk_rows"]
-        self.shard_offset = self.group["shard_offset"][:]
-        self.shard_count = self.group["shard_count"][:]
+        self.shard_offset = self.read("shard_offset")
+        self.shard_count = self.read("shard_count")
 
     @property
     def n_shards(self) -> int:
@@ -120,6 +152,16 @@ class FeatureStore:
         return [s for s in range(self.n_shards) if not self.is_done(s)]
 
     # -------------------------------------------------------------- reading
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) of array `name`; a chunk that fails its checksum is StoreCorrupt."""
+        try:
+            return np.asarray(self.group[name][start:stop])
+        except StoreCorrupt:
+            raise
+        except (ValueError, RuntimeError) as exc:  # the crc32c codec, or zstd on damaged bytes
+            raise StoreCorrupt(f"{self.path}/{name} rows {start}:{stop}: {exc}: the feature "
+                               "store is damaged; delete it to extract the round again") from exc
+
     def iter_chunks(self, start: int = 0, stop: int | None = None
                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(row_start, float32 features, bool valid mask) for each chunk in [start, stop)."""
@@ -127,13 +169,14 @@ class FeatureStore:
         step = self.chunk_rows
         for lo in range(start - start % step, stop, step):
             lo, hi = max(lo, start), min(lo + step, stop)
-            valid = self.group["valid"][lo:hi].astype(bool)
-            yield lo, self.group["features"][lo:hi].astype(np.float32), valid
+            valid = self.read("valid", lo, hi).astype(bool)
+            yield lo, self.read("features", lo, hi).astype(np.float32), valid
 
     # -------------------------------------------------------------- writing (extract stage)
     def write_rows(self, start: int, columns: dict[str, np.ndarray]) -> None:
+        """Whole chunks, stored even when they hold only fill values (see the module doc)."""
         for name, values in columns.items():
-            self.group[name][start:start + len(values)] = values
+            self.group[name].with_config(WRITE_ALL_CHUNKS)[start:start + len(values)] = values
 
     def commit_shard(self, s: int, keys: list, record: dict) -> None:
         """Chunks made durable, then keys, then the done marker: the marker makes it count."""
@@ -168,6 +211,25 @@ class FeatureStore:
         meta["attributes"]["complete"] = True
         atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
         self.attrs["complete"] = True
+
+
+def verify_store(path) -> list[str]:
+    """What is damaged in the committed shards of the store at `path` (every chunk is read)."""
+    store = open_store(path)
+    problems = []
+    for s in range(store.n_shards):
+        if not store.is_done(s):
+            continue
+        if store.keys(s) is None:
+            problems.append(f"{store.path}/keys/{shard_file(s)} is missing")
+        start, stop = store.shard_rows(s)
+        for lo in range(start, stop, store.chunk_rows):
+            for name in ("features", *ROW_ARRAYS):
+                try:
+                    store.read(name, lo, lo + store.chunk_rows)
+                except StoreCorrupt as exc:
+                    problems.append(str(exc))
+    return problems
 
 
 def open_store(path, mode: str = "r") -> FeatureStore:

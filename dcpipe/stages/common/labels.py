@@ -2,24 +2,31 @@
 
     labels/NNNNNN.npy        int32, one label per sample of the shard in tar order, -1 = none
     labels/NNNNNN.keys.json  the shard's keys in the same order
-    labels/index.json        k, round, shard names and counts: written last
+    labels/index.json        k, round, shard names and counts, each shard's files' sha256:
+                             written last
 
-Plain .npy and JSON, readable without dcpipe and loaded without pickle. The directory is built
+Plain .npy and JSON, readable without dcpipe and loaded without pickle. A shard's two files are
+checked against the index's sha256 whenever they are loaded (an index written before digests
+loads unverified); the digest of index.json itself (`index_digest`) thus names one labelling
+exactly, and a training checkpoint records it. The directory is built
 as `.labels.partial/` and renamed to `labels/` when index.json is in it, so `labels/` is only
 ever seen complete; a run killed midway leaves a partial directory the next run discards.
 """
 
+import hashlib
 import io
 import json
 import os
 import shutil
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from dcpipe.errors import FileFormatError
 from dcpipe.shards.atomic import atomic_write_bytes, fsync_dir
 from dcpipe.shards.naming import is_valid_key
 
@@ -29,8 +36,8 @@ FORMAT = 1
 WRITERS = 8
 
 
-class LabelsError(ValueError):
-    """Labels missing, incomplete or not matching their keys."""
+class LabelsError(FileFormatError):
+    """Labels missing, incomplete, damaged or not matching their keys."""
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -52,11 +59,17 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _write_shard(folder: Path, name: str, keys: list, labels: np.ndarray) -> dict:
     _check_shard(name, keys, labels)
-    _write_durably(folder / f"{name}.npy", npy_bytes(labels.astype(np.int32, copy=False)))
-    _write_durably(folder / f"{name}.keys.json", json.dumps(keys).encode())
-    return {"name": name, "count": len(keys), "labelled": int((labels >= 0).sum())}
+    npy, keys_json = npy_bytes(labels.astype(np.int32, copy=False)), json.dumps(keys).encode()
+    _write_durably(folder / f"{name}.npy", npy)
+    _write_durably(folder / f"{name}.keys.json", keys_json)
+    return {"name": name, "count": len(keys), "labelled": int((labels >= 0).sum()),
+            "sha256": {"npy": _sha256(npy), "keys": _sha256(keys_json)}}
 
 
 def _write_shards(folder: Path, shards) -> list[dict]:
@@ -112,13 +125,49 @@ def read_index(labels_dir) -> dict:
         raise LabelsError(f"no complete labels in {labels_dir} ({INDEX} missing)") from e
 
 
+def index_digest(labels_dir) -> str:
+    """sha256 of index.json: it lists every shard file's digest, so it names the labelling."""
+    try:
+        return _sha256((Path(labels_dir) / INDEX).read_bytes())
+    except FileNotFoundError as e:
+        raise LabelsError(f"no complete labels in {labels_dir} ({INDEX} missing)") from e
+
+
+@lru_cache(maxsize=8)
+def _recorded_digests(index_path: str, _identity: tuple) -> dict[str, dict]:
+    """Shard name -> {"npy", "keys"} sha256 from an index (cached per version of the file)."""
+    shards = json.loads(Path(index_path).read_text())["shards"]
+    return {s["name"]: s["sha256"] for s in shards if "sha256" in s}
+
+
+def _shard_digests(labels_dir: Path, shard_name: str) -> dict | None:
+    index = labels_dir / INDEX
+    try:
+        stat = index.stat()
+    except FileNotFoundError as e:
+        raise LabelsError(f"no complete labels in {labels_dir} ({INDEX} missing)") from e
+    identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    return _recorded_digests(str(index), identity).get(shard_name)
+
+
+def _read_checked(path: Path, digest: str | None) -> bytes:
+    data = path.read_bytes()
+    if digest is not None and _sha256(data) != digest:
+        raise LabelsError(f"{path} does not match the sha256 its {INDEX} records: the labels are "
+                          "damaged or were changed; cluster the round again")
+    return data
+
+
 def load_labels(labels_dir, shard_name: str) -> tuple[list[str], np.ndarray]:
-    """(keys, int32 labels) of one shard, aligned: labels[i] belongs to keys[i]."""
+    """(keys, int32 labels) of one shard, aligned: labels[i] belongs to keys[i]; both files
+    checked against the digests index.json records."""
     if not is_valid_key(shard_name):
         raise LabelsError(f"unsafe shard name {shard_name!r}")
     labels_dir = Path(labels_dir)
-    labels = np.load(labels_dir / f"{shard_name}.npy", allow_pickle=False)
-    keys = json.loads((labels_dir / f"{shard_name}.keys.json").read_text())
+    digests = _shard_digests(labels_dir, shard_name) or {}
+    npy = _read_checked(labels_dir / f"{shard_name}.npy", digests.get("npy"))
+    labels = np.load(io.BytesIO(npy), allow_pickle=False)
+    keys = json.loads(_read_checked(labels_dir / f"{shard_name}.keys.json", digests.get("keys")))
     if labels.dtype != np.int32 or labels.ndim != 1 or len(labels) != len(keys):
         raise LabelsError(f"{labels_dir}/{shard_name}: {len(keys)} keys, labels {labels.dtype} {labels.shape}")
     return keys, labels
@@ -152,3 +201,14 @@ class LabelLookup:
 
 def label_lookup(labels_dir, cache_shards: int = 16) -> LabelLookup:
     return LabelLookup(labels_dir, cache_shards)
+
+
+def verify_labels(labels_dir) -> list[str]:
+    """What is damaged in a label index (every shard's files against index.json's digests)."""
+    problems = []
+    for shard in read_index(labels_dir)["shards"]:
+        try:
+            load_labels(labels_dir, shard["name"])
+        except (LabelsError, OSError, ValueError) as exc:
+            problems.append(str(exc))
+    return problems

@@ -7,7 +7,9 @@ replaces. The clustering feature (`embed`) is the classifier output before its f
 Checkpoints (`save_model` / `load_model`): one `.pt` holding `{"state_dict": ..., "meta": ...}`
 where meta is plain JSON types, loaded with `torch.load(weights_only=True)` (never unpickles
 arbitrary objects); a sibling `.json` with the same meta is written after it, for people and
-tools, and marks the checkpoint complete. The model is rebuilt from the `.pt` alone.
+tools, and marks the checkpoint complete. The model is rebuilt from the `.pt` alone. The `.pt`
+records the digest of what it holds (common/digests.py; repeated in the `.json` as `sha256`)
+and is refused on load when its weights no longer match it.
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ from torch import nn
 from torchvision import transforms
 
 from dcpipe.errors import FileFormatError
-from dcpipe.shards.atomic import atomic_write_bytes, atomic_write_with
+from dcpipe.shards.atomic import atomic_write_bytes
 from dcpipe.stages.common import seeds
+from dcpipe.stages.common.digests import load_checked, save_checked
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.common.seeds import Domain
 
@@ -325,17 +328,19 @@ def save_model(path, model: DeepClusterNet, meta: dict | None = None) -> dict:
     """
     path = Path(path)
     full = {**(meta or {}), **model.config, "format": CHECKPOINT_FORMAT}
-    text = json.dumps(full, indent=2, sort_keys=True)  # also proves meta is plain JSON
+    json.dumps(full)  # proves meta is plain JSON before anything is written
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_write_with(path, lambda f: torch.save({"state_dict": state, "meta": full}, f))
+    digest = save_checked(path, {"state_dict": state, "meta": full})
+    text = json.dumps({**full, "sha256": digest}, indent=2, sort_keys=True)
     atomic_write_bytes(path.with_suffix(".json"), text.encode() + b"\n")
     return full
 
 
 def load_model(path, map_location="cpu") -> tuple[DeepClusterNet, dict]:
-    """Rebuild a saved model from its .pt alone (weights_only load). Returned in eval mode."""
-    blob = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(blob, dict) or blob.get("meta", {}).get("format") != CHECKPOINT_FORMAT:
+    """Rebuild a saved model from its .pt alone (weights_only load, digest checked). Returned in
+    eval mode."""
+    blob = load_checked(path, map_location)
+    if not isinstance(blob.get("meta"), dict) or blob["meta"].get("format") != CHECKPOINT_FORMAT:
         raise FileFormatError(f"{path}: not a dcpipe model checkpoint")
     meta = blob["meta"]
     top_k = meta["top_k"]

@@ -6,7 +6,10 @@ into the model is the same whatever the number of workers, ranks or restarts, an
 are reproducible bit for bit.
 
 Every row of a shard comes out exactly once: as an image, or as a failure with its reason
-(undecodable image, missing member, or rows lost where the tar breaks off). Images leave the
+(undecodable image, missing member, or rows lost where another tool's tar breaks off; a shard of
+ours that is damaged stops the stage: `iter_shard` verifies it against its manifest digest and
+gives a shard's last sample only once the whole tar has been found good, so the last batch of a
+damaged shard never leaves the worker and the shard is never committed). Images leave the
 workers as centre-cropped uint8 (n, H, W, 3); the consumer normalises the whole batch
 (`models.normalize_batch`).
 """
@@ -18,10 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from dcpipe.shards.reader import ShardReadError, iter_shard
+from dcpipe.shards.reader import ShardCorrupt, ShardReadError, iter_shard
 
 from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.models import eval_crop
+from dcpipe.stages.common.workererrors import handed_on
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,10 @@ class ShardJob:
     position: int  # shard index within the round's list (the store's `shard` value)
     path: str
     count: int  # samples the layout expects
+    sha256: str | None = None  # the manifest's digest: the tar is verified as it is read
 
 
-class ShardLayoutError(RuntimeError):
+class ShardLayoutError(ShardCorrupt):
     """A shard holds more samples than its manifest entry: the store layout would be wrong."""
 
 
@@ -78,7 +83,7 @@ class ShardBatches(IterableDataset):
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         transform = eval_crop(self.input_size)
         for job in self.jobs[worker::n_workers]:
-            yield from self._shard(job, transform)
+            yield from handed_on(self._shard(job, transform))
 
     def _label(self, meta: dict) -> int:
         label = meta.get("label")
@@ -112,7 +117,7 @@ def _rows(job: ShardJob):
     """(row, sample, None) for each row in the tar, then (row, None, reason) for rows it lost."""
     seen, lost = 0, None
     try:
-        for row, sample in enumerate(iter_shard(job.path)):
+        for row, sample in enumerate(iter_shard(job.path, job.sha256)):
             if row >= job.count:
                 raise ShardLayoutError(f"{job.path} has more than the {job.count} samples "
                                        "its manifest lists; was it rewritten?")

@@ -27,10 +27,12 @@ from tqdm import tqdm
 
 from dcpipe.errors import DcpipeError
 from dcpipe.stages.common.distributed import ProcessGroup
-from dcpipe.stages.common.featurestore import ROW_ARRAYS, FeatureStore, create_store, open_store
+from dcpipe.stages.common.featurestore import (FORMAT, ROW_ARRAYS, FeatureStore, create_store,
+                                               open_store)
 from dcpipe.stages.common.models import load_model, normalize_batch, random_init
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.common.precision import autocast, autocast_dtype
+from dcpipe.stages.common.workererrors import raised
 from dcpipe.stages.extract.reader import ShardBatches, ShardJob
 from dcpipe.stages.extract.settings import ExtractSettings
 
@@ -109,7 +111,7 @@ def _prepare_store(group, shards, path: Path, model_info, dtype, chunk_rows) -> 
         open_store(path, mode="r+").remove_debris()
     group.barrier()
     store = open_store(path, mode="r+")
-    expected = {**attrs, "dim": dim, "dtype": dtype, "chunk_rows": chunk_rows}
+    expected = {**attrs, "format": FORMAT, "dim": dim, "dtype": dtype, "chunk_rows": chunk_rows}
     differ = sorted(k for k, v in expected.items() if _identity_of(k, store.attrs.get(k))
                     != _identity_of(k, v))
     if store.shard_count.tolist() != counts:
@@ -144,7 +146,8 @@ def _extract_shards(model, store: FeatureStore, shards, todo, device, bar, preci
                     batch_size, workers, input_size) -> dict:
     counts = {"shards_done": 0, "samples": 0, "failed": 0}
     labels = {name: i for i, name in enumerate(store.attrs["class_names"])}
-    jobs = [ShardJob(s, str(shards[s].path), int(shards[s].n_samples)) for s in todo]
+    jobs = [ShardJob(s, str(shards[s].path), int(shards[s].n_samples), shards[s].sha256)
+            for s in todo]
     for job in jobs:
         if job.count == 0:  # an empty shard has nothing to stream
             _commit(_ShardBlock(store, job.position, shards[job.position].name), counts)
@@ -153,7 +156,7 @@ def _extract_shards(model, store: FeatureStore, shards, todo, device, bar, preci
                         batch_size=None, num_workers=workers, collate_fn=_identity,
                         pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None)
     out_dtype = DTYPES[store.attrs["dtype"]]
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(raised(loader)):
         if i % TRIM_EVERY == 0:
             _trim_heap()
         s = batch["shard"]

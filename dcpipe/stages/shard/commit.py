@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dcpipe.shards.atomic import read_json
 from dcpipe.shards.naming import shard_name
+from dcpipe.shards.reader import file_sha256
 from dcpipe.shards.writer import ShardWriter
 
 from dcpipe.stages.shard.plan import PlannedShard
@@ -76,13 +77,15 @@ def write_shard(shards_dir, planned: PlannedShard, result: ShardResult, context:
 
 
 def adopt_committed(shards_dir, planned: PlannedShard, source: str) -> dict | None:
-    """The manifest entry of a shard published by a run killed before recording it, if any."""
+    """The manifest entry of a shard published by a run killed before recording it, if any:
+    only a tar whose bytes hash to its stats' sha256 is adopted (any other is made again)."""
     name = shard_name(planned.index)
     stats = read_json(Path(shards_dir) / f"{name}.json")
     tar = Path(shards_dir) / f"{name}.tar"
     if (stats is None or not tar.exists() or stats.get("source") != source
             or (stats.get("row_start"), stats.get("row_end")) != (planned.row_start,
                                                                   planned.row_end)
-            or stats.get("bytes") != tar.stat().st_size):
+            or stats.get("bytes") != tar.stat().st_size
+            or stats.get("sha256") != file_sha256(tar)):
         return None
     return {k: stats[k] for k in ENTRY_FIELDS if k in stats}

@@ -28,6 +28,7 @@ from dcpipe.stages.sources.fetch import FetchError, fetch
 from dcpipe.stages.common import seeds
 from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.seeds import Domain
+from dcpipe.stages.common.workererrors import handed_on, raised
 from dcpipe.stages.sources.tables import iter_rows
 
 LABEL_FIELD = "label"
@@ -100,12 +101,13 @@ class ImageSet:
     def _shard_records(self, shard, offset: int) -> Iterator[Record]:
         row = -1
         try:
-            for row, sample in enumerate(iter_shard(shard.path)):
+            for row, sample in enumerate(iter_shard(shard.path, shard.sha256)):
                 label = sample.meta.get(self.label_field)
                 yield Record(offset + row, sample.key, None if label is None else str(label),
                              sample.image, sample.error)
         except ShardReadError as exc:
-            # the rest of a broken shard is unreadable: report its remaining rows as failed
+            # the rest of another tool's broken shard is unreadable: report its remaining rows
+            # as failed (a damaged shard of ours raises ShardCorrupt: see iter_shard)
             for lost in range(row + 1, shard.n_samples):
                 yield Record(offset + lost, f"{shard.name}/{lost}", None, error=str(exc))
 
@@ -113,7 +115,8 @@ class ImageSet:
                 max_items: int | None = None, seed: int = 0) -> Iterator[Batch]:
         chosen = choose_positions(len(self), max_items, seed)
         dataset = _Decoded(self, transform, chosen, batch_size)
-        yield from DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is)
+        yield from raised(DataLoader(dataset, batch_size=None, num_workers=workers,
+                                     collate_fn=_as_is))
 
 
 def choose_positions(n: int, max_items: int | None, seed: int) -> np.ndarray | None:
@@ -139,6 +142,9 @@ class _Decoded(IterableDataset):
                 yield record
 
     def __iter__(self):
+        return handed_on(self._batches())
+
+    def _batches(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         pending, index = [], 0

@@ -21,6 +21,9 @@ How a round's draws are made, and what is exactly true of them:
   whole state of a stream is how many draws it has emitted: `iter_stream(w, start)` finds the
   pass, group and window of draw `start` from the labels alone and resumes there, with the same
   draws as an uninterrupted run (it re-reads at most the current group's shards up to the window).
+- Verification. A group's tars are read to their end once its last window is done, so every
+  shard of ours read in a pass is checked against its manifest digest (`iter_shard`); a damaged
+  one raises ShardCorrupt there (after its earlier draws were emitted: one read, no second pass).
 - Memory: the labels and keys of one group of shards, one window of encoded images, k floats.
   No array of N anything.
 """
@@ -195,6 +198,7 @@ class BalancedSampler:
                 if position + size > start:
                     yield from self._window(plan, reader, p, j, a, b, max(0, start - position))
                 position += size
+            reader.finish()
 
     def _window(self, plan: GroupPlan, reader: _GroupReader, p: int, j: int, a: int, b: int,
                 skip: int) -> Iterator[Draw]:
@@ -213,7 +217,7 @@ class _GroupReader:
 
     def __init__(self, plan: GroupPlan):
         self.plan = plan
-        self.samples = [iter_shard(shard.path) for shard in plan.shards]
+        self.samples = [iter_shard(shard.path, shard.sha256) for shard in plan.shards]
         self.next_row = [0] * len(plan.shards)
 
     def read(self, a: int, b: int) -> dict[int, bytes]:
@@ -237,3 +241,9 @@ class _GroupReader:
             raise LabelsError(f"shard {shard.name} row {row} ({expected}) has a label but no "
                               f"readable image: {sample.error}")
         return sample.image
+
+    def finish(self) -> None:
+        """Read every tar of the group to its end: that is where iter_shard checks its digest."""
+        for samples in self.samples:
+            for _ in samples:
+                pass

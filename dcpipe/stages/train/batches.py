@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from dcpipe.stages.common import seeds
 from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.seeds import Domain
+from dcpipe.stages.common.workererrors import handed_on, raised
 from dcpipe.stages.train.balanced_sampler import BalancedSampler
 
 class StreamChunks(IterableDataset):
@@ -31,9 +32,15 @@ class StreamChunks(IterableDataset):
         self.chunk, self.transform = chunk, transform
 
     def __iter__(self):
+        return handed_on(self._chunks())
+
+    def _chunks(self):
+        """Each chunk goes out once the next one is drawn: the stream's end, where its last
+        tars are read to their end and verified, comes before its last chunk leaves."""
         draws = self.sampler.iter_stream(self.stream, self.first * self.chunk)
+        ahead = list(itertools.islice(draws, self.chunk))
         for q in itertools.count(self.first):
-            batch = list(itertools.islice(draws, self.chunk))
+            batch, ahead = ahead, list(itertools.islice(draws, self.chunk))
             if not batch:
                 return
             torch.manual_seed(seeds.int_seed(self.sampler.seed, self.sampler.round_index,
@@ -60,14 +67,15 @@ def open_streams(sampler: BalancedSampler, chunk: int, transform, workers: int,
                  prefetch: int = 4, pin_memory: bool = False) -> Callable[[int, int], Iterator]:
     """`open(stream, first_chunk)` -> iterator of chunks: a 1-worker DataLoader per stream,
     or the dataset itself in this process when workers == 0. `transform`: PIL image -> tensor
-    (the augmentation, e.g. models.train_transform), picklable for the workers."""
+    (the augmentation, e.g. models.train_transform), picklable for the workers. A DcpipeError
+    in a stream (a damaged shard) is raised in this process by the `next` that meets it."""
 
     def open_stream(stream: int, first: int) -> Iterator:
         dataset = StreamChunks(sampler, stream, first, chunk, transform)
         if workers == 0:
-            return iter(dataset)
-        return iter(DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=prefetch,
-                               pin_memory=pin_memory))
+            return raised(dataset)
+        return raised(DataLoader(dataset, batch_size=None, num_workers=1,
+                                 prefetch_factor=prefetch, pin_memory=pin_memory))
 
     return open_stream
 

@@ -20,9 +20,14 @@ step, the loss curve and tallies. The sampler's position is a function of the st
 consumed step*D_q//S draws) and every random choice (draws, shuffles, augmentation, dropout) is
 seeded by counters, so a run killed at any moment and started again finishes the round exactly
 as an uninterrupted run would. `train.json`, written last, marks the round's training complete.
+Every .pt carries the digest of its contents and is refused when damaged (common/digests.py).
+A checkpoint records the digests of the label indexes it trains on (labels.index_digest): when
+the round was clustered again since (new labels), it is not resumed; the round's training starts
+over, with a warning, since the old steps trained on labels that no longer exist.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import nullcontext
@@ -35,11 +40,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dcpipe.errors import FileFormatError, SettingsError
-from dcpipe.shards.atomic import atomic_write_json, atomic_write_with, read_json
+from dcpipe.shards.atomic import atomic_write_json, read_json
 from dcpipe.shards.reader import ShardInfo
 from dcpipe.stages.common import seeds
+from dcpipe.stages.common.digests import load_checked, save_checked
 from dcpipe.stages.common.distributed import ProcessGroup
-from dcpipe.stages.common.labels import LabelsError, read_index
+from dcpipe.stages.common.labels import LabelsError, index_digest, read_index
 from dcpipe.stages.common.models import load_model, random_init, save_model, train_transform
 from dcpipe.stages.common.precision import autocast, autocast_dtype
 from dcpipe.stages.common.modelspec import ModelSpec
@@ -52,6 +58,7 @@ from dcpipe.stages.train.objectives import Classification, PrototypeMatching
 from dcpipe.stages.train.schedule import lr_at
 from dcpipe.stages.train.settings import TrainSettings
 
+log = logging.getLogger("dcpipe.train")
 CKPT_FORMAT = "dcpipe.train-ckpt/1"
 CHUNK = 32  # draws a loader worker decodes as one unit
 
@@ -78,6 +85,7 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = Model
         "model_path": None if model_path is None else str(model_path),
         "body_optim_path": None if body_optim_path is None else str(body_optim_path),
         "more_labels": [str(p) for p in more_labels], "centroids": [str(p) for p in centroids],
+        "labels_sha256": [index_digest(d) for d in (labels_dir, *more_labels)],
         **model.as_dict(), **asdict(settings), "seed": seed, "round": round_index,
         "interleave": interleave, "window": window, "chunk": CHUNK,
         "streams": max(1, settings.workers),
@@ -194,7 +202,7 @@ class RoundTraining:
         self.ctx, self.out_dir = ctx, out_dir
         self.ckpt_path = out_dir / outputs.CHECKPOINT
         self.k = _checked_k(shards, labels_dir)
-        ckpt = _load_checkpoint(self.ckpt_path)
+        ckpt = _same_labels(_load_checkpoint(self.ckpt_path), config, self.ckpt_path)
         if ckpt is not None:
             config = {**config, "streams": ckpt["config"]["streams"]}
             _check_same_config(ckpt["config"], config, self.ckpt_path)
@@ -348,7 +356,7 @@ class RoundTraining:
 
     def _checkpoint(self, elapsed_s: float) -> None:
         plan = self.plan
-        _save(self.ckpt_path, {
+        save_checked(self.ckpt_path, {
             "format": CKPT_FORMAT, "config": self.config, "step": self.step,
             "model": _cpu_state(self.model), "optim_body": self.body_opt.state_dict(),
             "optim_top": self.top_opt.state_dict() if self.top_opt else None,
@@ -367,7 +375,7 @@ class RoundTraining:
             save_model(self.out_dir / outputs.MODEL, self.model,
                        {"k": self.k, "round": self.config["round"], "train_seed": self.config["seed"],
                         "steps": self.plan.steps})
-            _save(self.out_dir / outputs.BODY_OPTIMISER, self.body_opt.state_dict())
+            save_checked(self.out_dir / outputs.BODY_OPTIMISER, self.body_opt.state_dict())
             atomic_write_json(self.out_dir / outputs.RECORD, record)
         self.ctx.barrier()
         return record
@@ -448,7 +456,7 @@ def _load_body_optimiser(body: torch.optim.SGD, config: dict) -> None:
     """The previous round's body SGD state, with this round's hyperparameters."""
     path = config["body_optim_path"]
     try:
-        body.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        body.load_state_dict(load_checked(path))
         for param in body.param_groups[0]["params"]:
             buffer = body.state[param].get("momentum_buffer")
             if buffer is not None and buffer.shape != param.shape:
@@ -464,14 +472,19 @@ def _load_body_optimiser(body: torch.optim.SGD, config: dict) -> None:
 def _load_checkpoint(path: Path) -> dict | None:
     if not path.exists():
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != CKPT_FORMAT:
+    blob = load_checked(path)
+    if blob.get("format") != CKPT_FORMAT:
         raise FileFormatError(f"{path}: not a dcpipe training checkpoint")
     return blob
 
 
-def _save(path: Path, obj) -> None:
-    atomic_write_with(path, lambda f: torch.save(obj, f))
+def _same_labels(ckpt: dict | None, config: dict, path: Path) -> dict | None:
+    """The checkpoint if it was trained on these very labels; None (start over) if not."""
+    if ckpt is None or ckpt["config"].get("labels_sha256") == config["labels_sha256"]:
+        return ckpt
+    log.warning("%s was written for other labels (round %d was clustered again since): its "
+                "training starts over", path, config["round"])
+    return None
 
 
 def _cpu_state(model) -> dict:

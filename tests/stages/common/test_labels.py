@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from dcpipe.stages.common.labels import LabelsError, label_lookup, load_labels, read_index, write_labels
+from dcpipe.stages.common.labels import (LabelsError, index_digest, label_lookup, load_labels,
+                                         read_index, verify_labels, write_labels)
 
 
 def shards(offset=0):
@@ -45,3 +46,18 @@ def test_bad_names_and_shapes_are_refused(tmp_path):
         load_labels(tmp_path, "../x")
     with pytest.raises(LabelsError, match="index.json"):
         read_index(tmp_path / "labels")
+
+
+@pytest.mark.parametrize("name, content", [("000000.npy", None), ("000001.keys.json", b'["d","x"]')])
+def test_a_changed_label_file_is_refused_naming_it(tmp_path, name, content):
+    folder = write_labels(tmp_path, shards(), {"k": 3})
+    digest = index_digest(folder)
+    if content is None:  # one label changed, still a valid .npy of the same shape
+        np.save(folder / name, np.array([2, -1, 1], dtype=np.int32), allow_pickle=False)
+    else:
+        (folder / name).write_bytes(content)
+    with pytest.raises(LabelsError, match=name.replace(".", r"\.") + ".*sha256"):
+        load_labels(folder, name.split(".")[0])
+    [problem] = verify_labels(folder)
+    assert name in problem and index_digest(folder) == digest
+    assert index_digest(write_labels(tmp_path, shards(offset=0)[::-1], {"k": 3})) != digest

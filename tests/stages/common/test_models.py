@@ -6,7 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from dcpipe.errors import FileFormatError
+from dcpipe.stages.common.digests import load_checked, save_checked, verify_file
 from dcpipe.stages.common.modelspec import ModelSpec
+from support.damage import flip_low_bit_of_weight, largest_weight
 from dcpipe.stages.common.models import (build_model, eval_crop, eval_transform, load_model, make_sobel,
                                         normalize_batch, save_model, train_transform)
 
@@ -118,7 +121,9 @@ def test_save_load_round_trip_reproduces_embed_exactly(tmp_path):
     model.eval()
     meta = save_model(tmp_path / "model.pt", model, {"round": 4})
     loaded, loaded_meta = load_model(tmp_path / "model.pt")
-    assert loaded_meta == meta == json.loads((tmp_path / "model.json").read_text())
+    beside = json.loads((tmp_path / "model.json").read_text())
+    assert loaded_meta == meta == {k: v for k, v in beside.items() if k != "sha256"}
+    assert len(beside["sha256"]) == 64  # the digest model.pt carries, for people and tools
     assert (meta["arch"], meta["input_size"], meta["width"], meta["top_k"], meta["round"],
             meta["feature_dim"], meta["sobel"]) == ("small", 48, 16, 6, 4, 256, True)
     x = torch.randn(5, 3, 48, 48)
@@ -147,6 +152,22 @@ def test_load_never_unpickles_arbitrary_objects(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a dcpipe model"):
         load_model(tmp_path / "other.pt")
+
+
+def test_a_low_bit_flipped_in_a_weight_is_refused_naming_the_file(tmp_path):
+    model = build_model(ModelSpec("small", input_size=32, width=4), num_classes=3, seed=1)
+    save_model(tmp_path / "model.pt", model)
+    flip_low_bit_of_weight(tmp_path / "model.pt", largest_weight(model.state_dict()))
+    with pytest.raises(FileFormatError, match=r"model\.pt: .*damaged"):
+        load_model(tmp_path / "model.pt")
+    assert "model.pt" in verify_file(tmp_path / "model.pt")
+
+
+def test_a_torch_file_written_before_digests_still_loads(tmp_path):
+    torch.save({"a": torch.ones(3), "n": 2}, tmp_path / "old.pt")
+    assert load_checked(tmp_path / "old.pt")["n"] == 2 and verify_file(tmp_path / "old.pt") is None
+    save_checked(tmp_path / "new.pt", {"a": torch.ones(3), "n": 2})
+    assert load_checked(tmp_path / "new.pt")["n"] == 2
 
 
 def test_transforms_give_normalised_tensors_of_the_input_size():

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 
 from dcpipe.shards.manifest import add_entry
 from dcpipe.shards.naming import make_key
-from dcpipe.shards.reader import iter_shard, list_shards
+from dcpipe.shards.reader import ShardCorrupt, iter_shard, list_shards
 from dcpipe.shards.writer import ShardWriter
 from dcpipe.stages.extract import ExtractSettings
 from dcpipe.stages.extract.stage import StoreMismatch, extract
@@ -24,6 +25,7 @@ from dcpipe.stages.common.featurestore import open_store
 from dcpipe.stages.common.images import open_rgb
 from dcpipe.stages.common.models import build_model, eval_transform, random_init, save_model
 from dcpipe.stages.common.modelspec import ModelSpec
+from support.damage import flip_in_member
 from support.settings import pop_settings
 from support.sample_shards import make_collection, synthetic_jpeg
 
@@ -129,6 +131,7 @@ def test_bad_members_and_a_truncated_tar_are_recorded_not_dropped(tmp_path):
     tar = shards_dir / "000002.tar"
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
     shards = list_shards(shards_dir)
+    shards[2] = replace(shards[2], sha256=None, bytes=None)  # as another tool's tar (no digest)
     result = _run(shards, tmp_path / "f.zarr")
     assert result["complete"]
     store = open_store(tmp_path / "f.zarr")
@@ -223,3 +226,17 @@ def test_bf16_features_are_the_fp32_ones_to_bf16_precision_and_the_store_says_wh
     assert (fp32.attrs["model"]["precision"], bf16.attrs["model"]["precision"]) == ("fp32", "bf16")
     with pytest.raises(StoreMismatch, match="model"):  # a store is never finished in the other
         _run(shards, tmp_path / "fp32.zarr", precision="bf16")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_shard_stops_extraction_uncommitted_and_a_restored_one_finishes(tmp_path,
+                                                                                  workers):
+    shards = make_collection(tmp_path / "shards", 3, 6)
+    good = shards[1].path.read_bytes()
+    flip_in_member(shards[1].path, nth=2)
+    with pytest.raises(ShardCorrupt, match="000001.tar") as raised:
+        _run(shards, tmp_path / "f.zarr", workers=workers)
+    assert "Traceback" not in str(raised.value)  # raised here as the worker raised it
+    assert not open_store(tmp_path / "f.zarr").is_done(1)
+    shards[1].path.write_bytes(good)
+    assert _run(shards, tmp_path / "f.zarr", workers=workers)["complete"]

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torchvision import transforms
 
-from dcpipe.shards.reader import iter_shard, list_shards
+from dcpipe.shards.reader import ShardCorrupt, iter_shard, list_shards
 from dcpipe.stages.sources.imagesets import ImageSet, choose_positions
+from support.damage import cut, flip_in_member
 from support.sample_shards import make_collection
 
 torch.set_num_threads(1)
@@ -51,13 +52,14 @@ def test_folder_rows_carry_their_class_and_bad_files_fail_with_a_reason(tmp_path
     assert failures[0][0].endswith("2.jpg") and "undecodable" in failures[0][1]
 
 
-def test_a_broken_shard_reports_its_lost_rows(shards, tmp_path):
+@pytest.mark.parametrize("damage, workers", [(flip_in_member, 0), (flip_in_member, 1), (cut, 1)])
+def test_a_damaged_shard_of_ours_stops_the_set_naming_it(tmp_path, damage, workers):
     broken = tmp_path / "broken"
-    make_collection(broken, 1, 6, seed=1)
-    tar = list_shards(broken)[0].path
-    tar.write_bytes(tar.read_bytes()[:4000])  # cut inside the samples
-    keys, _, _, failures = read_all(ImageSet(broken), batch_size=4)
-    assert len(keys) + len(failures) == 6 and failures
+    make_collection(broken, 2, 6, seed=1)
+    damage(list_shards(broken)[1].path)
+    with pytest.raises(ShardCorrupt, match="000001.tar") as raised:
+        read_all(ImageSet(broken), batch_size=4, workers=workers)
+    assert "Traceback" not in str(raised.value)  # from a loader worker as it was raised there
 
 
 def test_a_table_names_its_sources_and_labels(tmp_path):

@@ -7,6 +7,8 @@ from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
 from dcpipe.stages.common.models import train_transform
 from dcpipe.stages.train.batches import MergedBatches, open_streams
 
+from dcpipe.shards.reader import ShardCorrupt
+from support.damage import flip_in_member
 from support.labelled_shards import label_of_pixels, make_collection
 
 K, SIZE, CHUNK = 12, 16, 8
@@ -65,3 +67,22 @@ def test_asking_past_the_end_is_an_error(collection):
         batches.take(1)
     with pytest.raises(ValueError, match="past the end"):
         _batches(collection, workers=0, start=total + 1)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_damaged_tail_is_found_before_the_last_chunk_even_on_a_chunk_boundary(tmp_path,
+                                                                                workers):
+    """Every labelled row drawn once (plain epoch): 2 * CHUNK draws, a chunk boundary at the
+    stream's end; the flipped byte sits in shard 1's last sample, unlabelled, so never drawn:
+    only reading that tar to its end finds it."""
+    labels = [np.arange(CHUNK, dtype=np.int32), np.r_[np.arange(CHUNK), -1].astype(np.int32)]
+    shards, labels_dir = make_collection(tmp_path, labels, K, image_size=SIZE)
+    flip_in_member(shards[1].path, nth=CHUNK, at=20)
+    sampler = BalancedSampler(shards, labels_dir, cluster_sizes(shards, labels_dir, K),
+                              balanced=False, interleave=2, seed=3)
+    assert sampler.stream_lengths() == [2 * CHUNK]
+    batches = MergedBatches([2 * CHUNK], CHUNK, open_streams(sampler, CHUNK, train_transform(SIZE),
+                                                             workers), (3, SIZE, SIZE))
+    with pytest.raises(ShardCorrupt, match="000001.tar"):
+        batches.take(2 * CHUNK)
+    batches.close()

@@ -13,12 +13,16 @@ import numpy as np
 import pytest
 import torch
 
+from dcpipe.errors import FileFormatError
+from dcpipe.shards.reader import ShardCorrupt
+from dcpipe.stages.common.labels import load_labels, write_labels
 from dcpipe.stages.common.models import build_model, load_model
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
 from dcpipe.stages.train import TrainSettings
 from dcpipe.stages.train.stage import train
 
+from support.damage import flip_in_member, flip_low_bit_of_weight, largest_weight
 from support.labelled_shards import make_collection
 from support.settings import with_settings
 from support.train_kill import kill_at_first_checkpoint, launch
@@ -160,3 +164,44 @@ def test_two_rank_ddp_with_unequal_ranks_finishes(tmp_path):
     assert np.array_equal(_final_draws(out), _planned_draws(shards, labels_dir))
     assert np.array_equal(_final_draws(out), _planned_draws(shards, labels_dir, world=2))
     assert load_model(out / "model.pt")[0].top.out_features == K
+
+
+def test_a_damaged_shard_stops_training_from_a_loader_worker_naming_it(tmp_path):
+    shards, labels_dir = _collection(tmp_path, (40, 30))
+    flip_in_member(shards[1].path, nth=5)
+    with pytest.raises(ShardCorrupt, match="000001.tar") as raised:
+        run_train(shards, labels_dir, tmp_path / "out", **OPTIONS)  # workers=1
+    assert "Traceback" not in str(raised.value)
+    assert not (tmp_path / "out" / "train.json").exists()
+
+
+def test_a_damaged_checkpoint_is_refused(tmp_path, collection, round0):
+    out0, _ = round0
+    (tmp_path / "ckpt").mkdir()
+    shutil.copy(out0 / "ckpt" / "last.pt", tmp_path / "ckpt" / "last.pt")
+    state = torch.load(out0 / "ckpt" / "last.pt", weights_only=True)["model"]
+    flip_low_bit_of_weight(tmp_path / "ckpt" / "last.pt", largest_weight(state))
+    with pytest.raises(FileFormatError, match=r"last\.pt: .*damaged"):
+        run_train(*collection, tmp_path, **OPTIONS)
+
+
+def test_a_checkpoint_resumes_only_on_the_labels_it_was_trained_on(tmp_path, collection, round0,
+                                                                   caplog):
+    shards, labels_dir = collection
+    out0, record0 = round0
+    for out in (tmp_path / "same", tmp_path / "reclustered"):
+        (out / "ckpt").mkdir(parents=True)
+        shutil.copy(out0 / "ckpt" / "last.pt", out / "ckpt" / "last.pt")  # a finished run's
+    same = run_train(shards, labels_dir, tmp_path / "same", **OPTIONS)
+    assert same["resumed_from_step"] == record0["steps"]
+    relabelled = tmp_path / "relabelled"
+    write_labels(relabelled, [(s.name, *_shifted(labels_dir, s.name)) for s in shards], {"k": K})
+    record = run_train(shards, relabelled / "labels", tmp_path / "reclustered", **OPTIONS)
+    assert record["resumed_from_step"] is None and record["steps"] > 0
+    assert "other labels" in caplog.text and "starts over" in caplog.text
+
+
+def _shifted(labels_dir, name):
+    """A shard's keys and its labels moved to the next cluster (as a new clustering would)."""
+    keys, labels = load_labels(labels_dir, name)
+    return keys, np.where(labels >= 0, (labels + 1) % K, -1).astype(np.int32)
