@@ -14,7 +14,7 @@ import click
 from dcpipe.errors import DcpipeError
 from dcpipe.pipeline import config as configuration
 from dcpipe.pipeline import rounds, status
-from dcpipe.pipeline.lock import EXIT_BUSY, WorkspaceBusy, workspace_lock
+from dcpipe.pipeline.lock import EXIT_BUSY, WorkspaceBusy, shard_lock, workspace_lock
 from dcpipe.pipeline.methods import DEFAULT_METHOD, METHOD_CHANGES
 from dcpipe.pipeline.workspace import Workspace, WorkspaceError
 from dcpipe.stages.common.distributed import is_rank_zero
@@ -102,9 +102,7 @@ def shard(ctx, src, fmt, url_col, key_col, meta_cols, node_rank, num_nodes, **fl
     ws = ctx.obj["ws"]
     settings = layered(ctx, "shard", **flags).shard
     rank, world = resolve_nodes(node_rank, num_nodes)
-    # Nodes sharing a workspace write disjoint shards: each holds a lock of its own.
-    lock = ws.lock_path if world == 1 else ws.root / f".lock.node{rank}"
-    with workspace_lock(lock):
+    with shard_lock(ws.lock_path, rank, world):
         stats = run_shard(src, ws.shards_dir, settings, format=fmt, url_col=url_col,
                           key_col=key_col, meta_cols=meta_cols.split(",") if meta_cols else None,
                           node_rank=rank, num_nodes=world, progress=ctx.obj["progress"])

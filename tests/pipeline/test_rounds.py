@@ -4,32 +4,10 @@ import json
 import subprocess
 import time
 
-from support.sample_shards import make_collection
 from support.cli import DCPIPE, dcpipe
+from support.workspaces import TINY, tiny_workspace
 
 from dcpipe.shards.manifest import MANIFEST, add_entry, load_manifest
-
-TINY = """
-[model]
-width = 8
-[extract]
-batch_size = 32
-workers = 0
-[cluster]
-k = 4
-pca_dim = 16
-[train]
-method = "deepcluster"
-batch_size = 32
-workers = 1
-"""
-
-
-def tiny_workspace(root, n_shards=2, per_shard=40):
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dcpipe.toml").write_text(TINY)
-    make_collection(root / "shards", n_shards, per_shard)
-    return root
 
 
 def status(ws):
