@@ -141,11 +141,13 @@ def extract(ctx, r, arch, input_size, sobel, **flags):
 @click.option("--niter", type=int)
 @click.option("--sample-size", type=int, help="Rows the k-means is fitted on.")
 @click.option("--refine-passes", type=int, help="Lloyd passes over every row after fitting on a sample.")
+@click.option("--force", is_flag=True, help="Re-cluster a trained round: discards its model, "
+              "training record and checkpoint.")
 @handled(locked=True)
-def cluster(ctx, r, arch, input_size, sobel, **flags):
+def cluster(ctx, r, arch, input_size, sobel, force, **flags):
     """Extract if needed, then cluster round R's features into labels."""
     config = round_config(ctx, arch, input_size, sobel, "cluster", **flags)
-    echo_json(rounds.cluster_round(ctx.obj["ws"], r, config, ctx.obj["progress"]))
+    echo_json(rounds.cluster_round(ctx.obj["ws"], r, config, ctx.obj["progress"], force=force))
 
 
 @main.command()
