@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
-from dcpipe.errors import FileFormatError
+from dcpipe.errors import FileFormatError, SettingsError
 from dcpipe.shards.atomic import atomic_write_bytes, atomic_write_with
 from dcpipe.stages.common import seeds
 from dcpipe.stages.common.modelspec import ModelSpec
@@ -114,7 +114,7 @@ def _make_features(layers, in_channels: int) -> tuple[nn.Sequential, list[int]]:
 
 def _flat_dim(layers, size: int) -> int:
     """Flattened size of the conv stack output for a square input of `size` pixels."""
-    channels = None
+    channels, input_size = None, size
     for layer in layers:
         if layer[0] == "conv":
             _, channels, k, stride, pad = layer
@@ -124,7 +124,7 @@ def _flat_dim(layers, size: int) -> int:
         else:
             size = layer[1]
         if size < 1:
-            raise ValueError("input too small for this architecture")
+            raise SettingsError(f"input_size {input_size} is too small for this architecture")
     return channels * size * size
 
 

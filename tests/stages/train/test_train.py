@@ -17,7 +17,7 @@ from dcpipe.stages.common.models import build_model, load_model
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
 from dcpipe.stages.train import TrainSettings
-from dcpipe.stages.train.stage import train
+from dcpipe.stages.train.stage import TrainingDiverged, train
 
 from support.labelled_shards import make_collection
 from support.settings import with_settings
@@ -160,3 +160,13 @@ def test_two_rank_ddp_with_unequal_ranks_finishes(tmp_path):
     assert np.array_equal(_final_draws(out), _planned_draws(shards, labels_dir))
     assert np.array_equal(_final_draws(out), _planned_draws(shards, labels_dir, world=2))
     assert load_model(out / "model.pt")[0].top.out_features == K
+
+
+
+def test_a_non_finite_loss_stops_training_with_no_model_and_no_checkpoint(collection, tmp_path):
+    """lr 100 (the largest allowed) blows the loss up to NaN within a few steps on this set."""
+    with pytest.raises(TrainingDiverged, match=r"diverged in round 0: the loss is nan by step \d+ "
+                                                r"of \d+ \(lr 100.0\); no model written"):
+        run_train(*collection, tmp_path, **{**OPTIONS, "lr": 100.0})
+    assert not any((tmp_path / name).exists()
+                   for name in ("model.pt", "model.json", "train.json", "ckpt/last.pt"))
