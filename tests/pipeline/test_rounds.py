@@ -18,8 +18,13 @@ def status(ws):
 
 def test_run_does_only_what_is_missing_and_continues_later(tmp_path):
     ws = tiny_workspace(tmp_path / "ws")
-    first = dcpipe(ws, "-q", "run", "--rounds", "1")
+    first = dcpipe(ws, "-q", "run", "--rounds", "1", umask=0o022)
     assert first.returncode == 0, first.stderr
+    modes = {p.relative_to(ws): oct(p.stat().st_mode & 0o777) for p in (ws / "rounds").rglob("*")
+             if p.is_file()}
+    assert {"rounds/0000/model.pt", "rounds/0000/clusters.json",
+            "rounds/0000/features.zarr/zarr.json"} <= set(map(str, modes))
+    assert set(modes.values()) == {"0o644"}, modes  # another account (an analyst) reads them
     [r0] = status(ws)["rounds"]
     assert r0["steps"] == {"extract": True, "cluster": True, "train": True}
     model_mtime = (ws / "rounds" / "0000" / "model.pt").stat().st_mtime_ns

@@ -11,6 +11,8 @@ from typing import Iterator
 
 import numpy as np
 
+from dcpipe.errors import FileFormatError
+
 from dcpipe.shards.naming import is_valid_key
 
 from dcpipe.stages.common.featurestore import FeatureStore, open_store
@@ -19,7 +21,7 @@ from dcpipe.stages.common.featurestore import FeatureStore, open_store
 BLOCK_BYTES = 8 << 20
 
 
-class StoreError(ValueError):
+class StoreError(FileFormatError):
     """The feature store is missing, incomplete or inconsistent."""
 
 

@@ -20,8 +20,10 @@ from typing import Iterable
 
 import numpy as np
 
+from dcpipe.errors import FileFormatError
 from dcpipe.shards.atomic import atomic_write_bytes, fsync_dir
 from dcpipe.shards.naming import is_valid_key
+from dcpipe.stages.common.safeload import load_npy
 
 FOLDER = "labels"  # the index's folder in a round directory
 INDEX = "index.json"
@@ -29,7 +31,7 @@ FORMAT = 1
 WRITERS = 8
 
 
-class LabelsError(ValueError):
+class LabelsError(FileFormatError):
     """Labels missing, incomplete or not matching their keys."""
 
 
@@ -117,7 +119,7 @@ def load_labels(labels_dir, shard_name: str) -> tuple[list[str], np.ndarray]:
     if not is_valid_key(shard_name):
         raise LabelsError(f"unsafe shard name {shard_name!r}")
     labels_dir = Path(labels_dir)
-    labels = np.load(labels_dir / f"{shard_name}.npy", allow_pickle=False)
+    labels = load_npy(labels_dir / f"{shard_name}.npy")
     keys = json.loads((labels_dir / f"{shard_name}.keys.json").read_text())
     if labels.dtype != np.int32 or labels.ndim != 1 or len(labels) != len(keys):
         raise LabelsError(f"{labels_dir}/{shard_name}: {len(keys)} keys, labels {labels.dtype} {labels.shape}")

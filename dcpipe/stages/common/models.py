@@ -26,6 +26,7 @@ from dcpipe.errors import FileFormatError, SettingsError
 from dcpipe.shards.atomic import atomic_write_bytes, atomic_write_with
 from dcpipe.stages.common import seeds
 from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.common.safeload import load_tensors
 from dcpipe.stages.common.seeds import Domain
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -334,7 +335,7 @@ def save_model(path, model: DeepClusterNet, meta: dict | None = None) -> dict:
 
 def load_model(path, map_location="cpu") -> tuple[DeepClusterNet, dict]:
     """Rebuild a saved model from its .pt alone (weights_only load). Returned in eval mode."""
-    blob = torch.load(path, map_location=map_location, weights_only=True)
+    blob = load_tensors(path, map_location)
     if not isinstance(blob, dict) or blob.get("meta", {}).get("format") != CHECKPOINT_FORMAT:
         raise FileFormatError(f"{path}: not a dcpipe model checkpoint")
     meta = blob["meta"]

@@ -42,6 +42,7 @@ from dcpipe.stages.common.distributed import ProcessGroup
 from dcpipe.stages.common.labels import LabelsError, read_index
 from dcpipe.stages.common.models import load_model, random_init, save_model, train_transform
 from dcpipe.stages.common.precision import autocast, autocast_dtype
+from dcpipe.stages.common.safeload import load_npy, load_tensors
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.train import outputs
@@ -444,7 +445,7 @@ def _check_method(config: dict, model: ModelSpec) -> None:
 
 def _centroids(paths: list[str], dim: int) -> list[torch.Tensor]:
     """Every head's centroids, checked to live in the projection's space (no PCA before)."""
-    found = [torch.from_numpy(np.load(p, allow_pickle=False)).float() for p in paths]
+    found = [torch.from_numpy(load_npy(p)).float() for p in paths]
     for path, c in zip(paths, found):
         if c.dim() != 2 or c.shape[1] != dim:
             raise SettingsError(f"{path} holds {tuple(c.shape)} centroids, the projection has "
@@ -471,7 +472,7 @@ def _load_body_optimiser(body: torch.optim.SGD, config: dict) -> None:
     """The previous round's body SGD state, with this round's hyperparameters."""
     path = config["body_optim_path"]
     try:
-        body.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        body.load_state_dict(load_tensors(path))
         for param in body.param_groups[0]["params"]:
             buffer = body.state[param].get("momentum_buffer")
             if buffer is not None and buffer.shape != param.shape:
@@ -487,7 +488,7 @@ def _load_body_optimiser(body: torch.optim.SGD, config: dict) -> None:
 def _load_checkpoint(path: Path) -> dict | None:
     if not path.exists():
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_tensors(path)
     if not isinstance(blob, dict) or blob.get("format") != CKPT_FORMAT:
         raise FileFormatError(f"{path}: not a dcpipe training checkpoint")
     return blob
