@@ -68,7 +68,7 @@ def test_a_pickled_model_is_refused_with_exit_2_naming_it(tmp_path):
     (r0 / "train.json").write_text("{}")
     out = dcpipe(ws, "extract", "--round", "1")
     assert out.returncode == 2, out.stderr
-    assert out.stderr.startswith(f"dcpipe: error: {r0 / 'model.pt'}: refused, not a plain tensor file")
+    assert out.stderr.startswith(f"dcpipe: error: {r0 / 'model.pt'}: refused: it holds pickled objects")
     assert "Traceback" not in out.stderr
 
 

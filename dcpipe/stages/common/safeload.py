@@ -13,7 +13,7 @@ def load_npy(path):
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        raise FileFormatError(f"{path}: refused, not a plain array file ({exc})") from exc
+        raise FileFormatError(f"{path}: refused: not a plain array file ({exc})") from exc
 
 
 def load_tensors(path, map_location="cpu"):
@@ -22,6 +22,8 @@ def load_tensors(path, map_location="cpu"):
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileFormatError(f"{path}: refused, not a plain tensor file ({first})") from exc
+    except pickle.UnpicklingError as exc:
+        raise FileFormatError(f"{path}: refused: it holds pickled objects, not only tensors "
+                              "(dcpipe never unpickles a file)") from exc
+    except (EOFError, RuntimeError) as exc:
+        raise FileFormatError(f"{path}: not a torch tensor file ({exc})") from exc

@@ -1,11 +1,11 @@
 import json
-import pickle
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from dcpipe.errors import FileFormatError
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.common.models import (build_model, eval_crop, eval_transform, load_model, make_sobel,
                                         normalize_batch, save_model, train_transform)
@@ -141,7 +141,7 @@ def test_load_never_unpickles_arbitrary_objects(tmp_path):
     path, witness = tmp_path / "evil.pt", tmp_path / "pwned"
     torch.save({"state_dict": {}, "meta": {"format": "dcpipe.model/1"},
                 "x": _Exploit(witness)}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(FileFormatError, match=f"{path}: refused: it holds pickled objects"):
         load_model(path)
     assert not witness.exists()
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
