@@ -58,7 +58,6 @@ def _make_way_for_clustering(ws: Workspace, r: int, force: bool) -> None:
                                  f"to discard its model, training record and checkpoint")
         train_outputs.discard(here.path)
         here.eval_record.unlink(missing_ok=True)
-    here.clusters_record.unlink(missing_ok=True)  # the old commit: a killed redo is not "done"
 
 
 def cluster_round(ws: Workspace, r: int, config: Config, progress: bool = True,
