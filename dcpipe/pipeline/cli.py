@@ -112,7 +112,8 @@ def shard(ctx, src, fmt, url_col, key_col, meta_cols, node_rank, num_nodes, **fl
     settings = layered(ctx, "shard", **flags).shard
     rank, world = resolve_nodes(node_rank, num_nodes)
     with shard_lock(ws.lock_path, rank, world):
-        remove_stale_temps(ws.root)  # other nodes' temp files are alive: kept
+        if world == 1:  # a node cannot tell another machine's live pids from dead ones
+            remove_stale_temps(ws.root)
         stats = run_shard(src, ws.shards_dir, settings, format=fmt, url_col=url_col,
                           key_col=key_col, meta_cols=meta_cols.split(",") if meta_cols else None,
                           node_rank=rank, num_nodes=world, progress=ctx.obj["progress"])
