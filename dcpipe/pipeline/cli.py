@@ -1,8 +1,10 @@
 """The `dcpipe` command: parses flags, layers them over the workspace config, calls a stage.
 
 Exit codes: 0 done, 1 a bug (with its traceback), 2 something the user must act on (a
-DcpipeError: bad config, flags or sources, missing round, a store made otherwise, ...), 75
-workspace busy (another dcpipe command holds its lock; cron: try again later).
+DcpipeError: bad config, flags or sources, missing round, a store made otherwise, a refused
+file, no room on the disk, ...), 75 workspace busy (another dcpipe command holds its lock;
+cron: try again later). A command that holds the lock first removes the temp files of killed
+or failed writers (shards/atomic.py).
 """
 
 import json
@@ -14,9 +16,10 @@ import click
 from dcpipe.errors import DcpipeError
 from dcpipe.pipeline import config as configuration
 from dcpipe.pipeline import rounds, status
-from dcpipe.pipeline.lock import EXIT_BUSY, WorkspaceBusy, workspace_lock
+from dcpipe.pipeline.lock import EXIT_BUSY, WorkspaceBusy, shard_lock, workspace_lock
 from dcpipe.pipeline.methods import DEFAULT_METHOD, METHOD_CHANGES
 from dcpipe.pipeline.workspace import Workspace, WorkspaceError
+from dcpipe.shards.atomic import no_room, remove_stale_temps
 from dcpipe.stages.common.distributed import is_rank_zero
 from dcpipe.stages.evaluate.settings import EvalSettings
 
@@ -38,12 +41,18 @@ def handled(locked: bool):
             try:
                 if locked and is_rank_zero():
                     with workspace_lock(ws.lock_path):
+                        remove_stale_temps(ws.root)
                         return command(ctx, *args, **kwargs)
                 return command(ctx, *args, **kwargs)
             except WorkspaceBusy as exc:
                 fail(str(exc), EXIT_BUSY)
             except DcpipeError as exc:
                 fail(str(exc))
+            except OSError as exc:  # no room where no atomic write could name the file
+                full = no_room(exc, exc.filename or "a file")
+                if full is None:
+                    raise
+                fail(str(full))
         return click.pass_context(wrapper)
     return decorate
 
@@ -104,9 +113,9 @@ def shard(ctx, src, fmt, url_col, key_col, meta_cols, node_rank, num_nodes, **fl
     ws = ctx.obj["ws"]
     settings = layered(ctx, "shard", **flags).shard
     rank, world = resolve_nodes(node_rank, num_nodes)
-    # Nodes sharing a workspace write disjoint shards: each holds a lock of its own.
-    lock = ws.lock_path if world == 1 else ws.root / f".lock.node{rank}"
-    with workspace_lock(lock):
+    with shard_lock(ws.lock_path, rank, world):
+        if world == 1:  # a node cannot tell another machine's live pids from dead ones
+            remove_stale_temps(ws.root)
         stats = run_shard(src, ws.shards_dir, settings, format=fmt, url_col=url_col,
                           key_col=key_col, meta_cols=meta_cols.split(",") if meta_cols else None,
                           node_rank=rank, num_nodes=world, progress=ctx.obj["progress"])
@@ -145,11 +154,13 @@ def extract(ctx, r, arch, input_size, sobel, **flags):
 @click.option("--niter", type=int)
 @click.option("--sample-size", type=int, help="Rows the k-means is fitted on.")
 @click.option("--refine-passes", type=int, help="Lloyd passes over every row after fitting on a sample.")
+@click.option("--force", is_flag=True, help="Re-cluster a trained round: discards its model, "
+              "training record and checkpoint.")
 @handled(locked=True)
-def cluster(ctx, r, arch, input_size, sobel, **flags):
+def cluster(ctx, r, arch, input_size, sobel, force, **flags):
     """Extract if needed, then cluster round R's features into labels."""
     config = round_config(ctx, arch, input_size, sobel, "cluster", **flags)
-    echo_json(rounds.cluster_round(ctx.obj["ws"], r, config, ctx.obj["progress"]))
+    echo_json(rounds.cluster_round(ctx.obj["ws"], r, config, ctx.obj["progress"], force=force))
 
 
 @main.command()

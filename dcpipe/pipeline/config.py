@@ -17,9 +17,13 @@ from dcpipe.errors import DcpipeError, SettingsError
 from dcpipe.pipeline.methods import DEFAULT_METHOD, METHOD_CHANGES
 from dcpipe.stages.cluster.settings import ClusterSettings
 from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.common.ranges import Range, check_ranges
 from dcpipe.stages.extract.settings import ExtractSettings
 from dcpipe.stages.shard.settings import ShardSettings
 from dcpipe.stages.train.settings import TrainSettings
+
+
+RANGES = {"seed": Range(0, 2**63 - 1)}  # numpy's SeedSequence takes no negative seed
 
 
 class ConfigError(DcpipeError):
@@ -34,6 +38,9 @@ class Config:
     extract: ExtractSettings = field(default_factory=ExtractSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+
+    def __post_init__(self):
+        check_ranges(self, RANGES)
 
     def as_dict(self) -> dict:
         return asdict(self)

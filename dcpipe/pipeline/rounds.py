@@ -9,9 +9,10 @@ import time
 from dataclasses import replace
 
 from dcpipe.pipeline.config import Config
-from dcpipe.pipeline.workspace import Workspace, WorkspaceError
+from dcpipe.pipeline.workspace import STEPS, Workspace, WorkspaceError
 from dcpipe.shards.atomic import atomic_write_json, read_json
 from dcpipe.stages.common.distributed import is_rank_zero
+from dcpipe.stages.train import outputs as train_outputs
 
 
 def _record(ws: Workspace, r: int, step: str, config: Config) -> None:
@@ -32,8 +33,8 @@ def _previous_model(ws: Workspace, r: int):
 
 
 def extract_round(ws: Workspace, r: int, config: Config, progress: bool = True) -> dict:
+    model_path = _previous_model(ws, r)  # before round_shards fixes the round's shard set
     shards = ws.round_shards(r)
-    model_path = _previous_model(ws, r)
     from dcpipe.stages.extract import extract
 
     if is_rank_zero():
@@ -42,9 +43,30 @@ def extract_round(ws: Workspace, r: int, config: Config, progress: bool = True) 
                    model_path=model_path, seed=config.seed, progress=progress)
 
 
-def cluster_round(ws: Workspace, r: int, config: Config, progress: bool = True) -> dict:
+def _make_way_for_clustering(ws: Workspace, r: int, force: bool) -> None:
+    """New labels make the round's training stale: it is discarded, but only with `force`; a
+    later round, built on model r, refuses the redo whatever `force` says."""
+    later = [d.index for d in ws.rounds() if d.index > r and any(map(d.started, STEPS))]
+    if later:
+        raise WorkspaceError(f"rounds {later} were built on round {r}'s model: re-clustering "
+                             f"round {r} would leave them stale; move those round folders away first")
+    here = ws.round(r)
+    if here.started("train"):
+        if not force:
+            raise WorkspaceError(f"round {r} is already trained (or training): re-clustering "
+                                 f"replaces its labels, so its model would be stale; add --force "
+                                 f"to discard its model, training record and checkpoint")
+        train_outputs.discard(here.path)
+        here.eval_record.unlink(missing_ok=True)
+
+
+def cluster_round(ws: Workspace, r: int, config: Config, progress: bool = True,
+                  force: bool = False) -> dict:
+    """Extract if needed, then cluster; a clustered round is clustered again (see
+    _make_way_for_clustering)."""
     from dcpipe.stages.cluster import cluster
 
+    _make_way_for_clustering(ws, r, force)
     if not ws.step_done(r, "extract"):
         extract_round(ws, r, config, progress)
     _record(ws, r, "cluster", config)

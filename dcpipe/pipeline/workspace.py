@@ -80,6 +80,10 @@ class RoundDir:
     def done(self, step: str) -> bool:
         return STEP_OUTPUTS[step].is_complete(self.path)
 
+    def started(self, step: str) -> bool:
+        """Whether the step left anything here, complete or not."""
+        return STEP_OUTPUTS[step].has_outputs(self.path)
+
 
 @dataclass(frozen=True)
 class Workspace:

@@ -12,9 +12,11 @@ import json
 import os
 from pathlib import Path
 
+from dcpipe.errors import FileFormatError
 from dcpipe.shards.atomic import atomic_write_json, read_json
 
 MANIFEST = "manifest.jsonl"
+REQUIRED = ("index", "name", "n_samples")  # what readers take from every entry
 PLAN = "plan.json"
 
 
@@ -33,10 +35,24 @@ def load_manifest(shards_dir) -> dict:
     except FileNotFoundError:
         data = b""
     entries = {}
-    for line in _complete_lines(data):
-        entry = json.loads(line)
+    for number, line in enumerate(_complete_lines(data), 1):
+        entry = _entry(line, Path(shards_dir) / MANIFEST, number)
         entries[entry["index"]] = entry
     return {"shards": [entries[i] for i in sorted(entries)]}
+
+
+def _entry(line: bytes, path: Path, number: int) -> dict:
+    """One complete line's entry; a damaged one (cut, or missing a key) stops with its place."""
+    try:
+        entry = json.loads(line)
+    except ValueError as exc:
+        raise FileFormatError(f"{path} line {number}: not a JSON entry ({exc}): restore the "
+                              "file from a copy, or delete that line and shard again") from exc
+    missing = [k for k in REQUIRED if not isinstance(entry, dict) or k not in entry]
+    if missing:
+        raise FileFormatError(f"{path} line {number}: entry without {', '.join(missing)}: "
+                              "restore the file from a copy, or delete that line and shard again")
+    return entry
 
 
 def _complete_length(f) -> int:

@@ -13,7 +13,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from dcpipe.shards.atomic import atomic_write_bytes, atomic_write_json, publish
+from dcpipe.shards.atomic import atomic_write_bytes, atomic_write_json, publish, temp_path
 from dcpipe.shards.naming import is_valid_key, shard_name
 
 MTIME = 0
@@ -63,7 +63,7 @@ class ShardWriter:
         self.index = index
         self.name = shard_name(index)
         self.path = self.dir / f"{self.name}.tar"
-        self._tmp = self.dir / f".{self.name}.tar.partial"
+        self._tmp = temp_path(self.path, "partial")  # a killed run's is swept by the next
         self._file = open(self._tmp, "wb")
         self._hashing = _HashingFile(self._file)
         self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)

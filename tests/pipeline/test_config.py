@@ -1,6 +1,46 @@
-import pytest
+import math
+import sys
+from dataclasses import fields, replace
 
+import pytest
+from support.cli import dcpipe
+
+from dcpipe.errors import SettingsError
 from dcpipe.pipeline import config
+from dcpipe.stages.common.ranges import numeric_fields
+from dcpipe.stages.evaluate.settings import EvalSettings
+
+SETTINGS = [config.Config, *config.SECTIONS.values(), EvalSettings]
+
+
+def _ranges(cls) -> dict:
+    """The RANGES beside each settings class (the module it is defined in)."""
+    return sys.modules[cls.__module__].RANGES
+
+
+def _outside(cls):
+    """(field, value) pairs just outside each field's range, and NaN / inf for float fields."""
+    for name, allowed in _ranges(cls).items():
+        kind = next(f.type for f in fields(cls) if f.name == name)
+        yield name, kind(allowed.low) if allowed.low_open else kind(allowed.low) - 1
+        yield name, kind(allowed.high * 2 + 1)
+        if kind is float:
+            yield from ((name, math.nan), (name, math.inf))
+
+
+@pytest.mark.parametrize("cls", SETTINGS, ids=lambda c: c.__name__)
+def test_every_numeric_setting_has_a_range(cls):
+    assert set(numeric_fields(cls)) == set(_ranges(cls))
+
+
+@pytest.mark.parametrize("cls, name, value", [(cls, name, value) for cls in SETTINGS
+                                              for name, value in _outside(cls)],
+                         ids=lambda v: getattr(v, "__name__", str(v)))
+def test_a_setting_outside_its_range_is_refused_naming_key_and_range(cls, name, value):
+    default = cls()
+    with pytest.raises(SettingsError, match=rf"^{name} must be (a finite number )?in "
+                                            rf"[\[(]{_ranges(cls)[name].low}, "):
+        replace(default, **{name: value})
 
 
 def test_defaults_cover_every_stage():
@@ -31,7 +71,7 @@ def test_int_accepted_where_float_expected(tmp_path):
     ("[model]\nsobel = 1\n", "sobel must be true or false"),
     ("cluster = 3\n", "[cluster] must be a table"),
     ("[cluster\n", "not valid TOML"),
-    ("[cluster]\nk = 0\n", "dcpipe.toml: k, niter and heads must be positive"),
+    ("[cluster]\nk = 0\n", "dcpipe.toml: k must be in [1, 1000000], got 0"),
     ("[model]\narch = 'resnet'\n", "unknown architecture 'resnet'"),
 ])
 def test_bad_config_names_the_problem(tmp_path, text, message):
@@ -66,3 +106,16 @@ def test_choosing_deepcluster_v2_brings_its_settings_under_the_files_own(tmp_pat
     path.write_text('[train]\nmethod = "deepcluster-v3"\n')
     with pytest.raises(config.ConfigError, match="unknown method 'deepcluster-v3'"):
         config.load(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[extract]\nbatch_size = 0\n", "batch_size must be in [1, 65536], got 0"),
+    ("[model]\nwidth = -4\n", "width must be in [0, 1024], got -4"),
+    ("[train]\nlr = nan\n", "lr must be a finite number in (0, 100], got nan"),
+    ("[model]\ninput_size = 100000\n", "input_size must be in [8, 1024], got 100000"),
+])
+def test_settings_out_of_range_exit_2_naming_file_key_and_range(tmp_path, text, message):
+    (tmp_path / "dcpipe.toml").write_text(text)
+    out = dcpipe(tmp_path, "run", "--rounds", "1")
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"dcpipe: error: {tmp_path / 'dcpipe.toml'}: {message}"

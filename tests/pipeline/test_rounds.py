@@ -9,6 +9,7 @@ from support.workspaces import TINY, tiny_workspace
 
 from dcpipe.shards.manifest import MANIFEST, add_entry, load_manifest
 
+
 def status(ws):
     out = dcpipe(ws, "status", "--json")
     assert out.returncode == 0, out.stderr
@@ -17,8 +18,13 @@ def status(ws):
 
 def test_run_does_only_what_is_missing_and_continues_later(tmp_path):
     ws = tiny_workspace(tmp_path / "ws")
-    first = dcpipe(ws, "-q", "run", "--rounds", "1")
+    first = dcpipe(ws, "-q", "run", "--rounds", "1", umask=0o022)
     assert first.returncode == 0, first.stderr
+    modes = {p.relative_to(ws): oct(p.stat().st_mode & 0o777) for p in (ws / "rounds").rglob("*")
+             if p.is_file()}
+    assert {"rounds/0000/model.pt", "rounds/0000/clusters.json",
+            "rounds/0000/features.zarr/zarr.json"} <= set(map(str, modes))
+    assert set(modes.values()) == {"0o644"}, modes  # another account (an analyst) reads them
     [r0] = status(ws)["rounds"]
     assert r0["steps"] == {"extract": True, "cluster": True, "train": True}
     model_mtime = (ws / "rounds" / "0000" / "model.pt").stat().st_mtime_ns
@@ -85,3 +91,32 @@ def test_a_deepcluster_v2_workspace_runs_its_rounds_and_says_so(tmp_path):
     assert config["model"]["projection"] == 128 and config["train"]["total_rounds"] == 2
     assert (ws / "rounds" / "0001" / "labels.2" / "index.json").exists()
     assert "deepcluster-v2" in dcpipe(ws, "status").stdout
+
+
+def test_reclustering_a_trained_round_needs_force_and_discards_its_training(tmp_path):
+    ws = tiny_workspace(tmp_path / "ws")
+    assert dcpipe(ws, "-q", "run", "--rounds", "2").returncode == 0
+    r1 = ws / "rounds" / "0001"
+    labels_before = (r1 / "labels" / "index.json").read_bytes()
+    refused = dcpipe(ws, "-q", "cluster", "--round", "1")
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert status(ws)["rounds"][1]["steps"] == {"extract": True, "cluster": True, "train": True}
+    earlier = dcpipe(ws, "-q", "cluster", "--round", "0", "--force")
+    assert earlier.returncode == 2 and "rounds [1] were built on round 0's model" in earlier.stderr
+    assert (ws / "rounds" / "0000" / "model.pt").exists()
+    redone = dcpipe(ws, "-q", "cluster", "--round", "1", "--force", "--k", "3")
+    assert redone.returncode == 0, redone.stderr
+    assert (r1 / "labels" / "index.json").read_bytes() != labels_before
+    assert status(ws)["rounds"][1]["steps"] == {"extract": True, "cluster": True, "train": False}
+    assert not any((r1 / name).exists() for name in ("model.pt", "model.json", "train.json", "ckpt"))
+    assert dcpipe(ws, "-q", "run", "--rounds", "2").returncode == 0
+    assert json.loads((r1 / "train.json").read_text())["k"] == 3
+
+
+def test_a_refused_step_does_not_fix_a_future_rounds_shards(tmp_path):
+    ws = tiny_workspace(tmp_path / "ws")
+    for step in ("extract", "cluster", "train"):
+        out = dcpipe(ws, "-q", step, "--round", "3")
+        assert out.returncode == 2 and "round 3" in out.stderr
+    assert not (ws / "rounds" / "0003").exists()
+    assert status(ws)["rounds"] == []

@@ -7,6 +7,6 @@ from pathlib import Path
 DCPIPE = str(Path(sys.executable).parent / "dcpipe")
 
 
-def dcpipe(ws, *args, env=None, timeout=120):
+def dcpipe(ws, *args, env=None, timeout=120, umask=-1):
     return subprocess.run([DCPIPE, "-w", str(ws), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+                          env={**os.environ, **(env or {})}, timeout=timeout, umask=umask)

@@ -18,8 +18,8 @@ workers = 1
 """
 
 
-def tiny_workspace(root, n_shards=2, per_shard=40):
+def tiny_workspace(root, n_shards=2, per_shard=40, config=TINY):
     root.mkdir(parents=True, exist_ok=True)
-    (root / "dcpipe.toml").write_text(TINY)
+    (root / "dcpipe.toml").write_text(config)
     make_collection(root / "shards", n_shards, per_shard)
     return root

@@ -21,3 +21,8 @@ def centroids_file(head: int) -> str:
 def is_complete(round_dir) -> bool:
     d = Path(round_dir)
     return (d / LABELS / INDEX).exists() and (d / RECORD).exists()
+
+
+def has_outputs(round_dir) -> bool:
+    d = Path(round_dir)
+    return (d / LABELS).exists() or (d / RECORD).exists()

@@ -2,9 +2,13 @@
 from dataclasses import dataclass
 
 from dcpipe.errors import SettingsError
+from dcpipe.stages.common.ranges import Range, check_ranges
 
 METHODS = ("kmeans", "pic")
 USE_GPU = ("auto", "yes", "no")
+RANGES = {"k": Range(1, 1_000_000), "heads": Range(1, 64), "pca_dim": Range(0, 4096),
+          "niter": Range(1, 10_000), "sample_size": Range(1, 100_000_000),
+          "refine_passes": Range(0, 1000)}
 
 
 @dataclass(frozen=True)
@@ -23,13 +27,7 @@ class ClusterSettings:
             raise SettingsError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.use_gpu not in USE_GPU:
             raise SettingsError(f"use_gpu must be one of {list(USE_GPU)}, got {self.use_gpu!r}")
-        if min(self.k, self.niter, self.heads) < 1 or self.pca_dim < 0:
-            raise SettingsError(f"k, niter and heads must be positive, pca_dim >= 0 (k={self.k}, "
-                                f"niter={self.niter}, heads={self.heads}, pca_dim={self.pca_dim})")
-        if self.sample_size < 1:
-            raise SettingsError(f"sample_size must be positive, got {self.sample_size}")
+        check_ranges(self, RANGES)
         if self.method == "kmeans" and self.sample_size < self.k:
             raise SettingsError(f"sample_size={self.sample_size} is smaller than k={self.k}: "
                                 "k-means needs at least k points")
-        if self.refine_passes < 0:
-            raise SettingsError(f"refine_passes must be 0 or more, got {self.refine_passes}")

@@ -14,6 +14,7 @@ import torch
 
 from dcpipe.errors import FileFormatError
 from dcpipe.shards.atomic import atomic_write_with
+from dcpipe.stages.common.safeload import load_tensors
 
 KEY = "sha256"
 
@@ -52,10 +53,7 @@ def save_checked(path, obj: dict) -> str:
 def load_checked(path, map_location="cpu") -> dict:
     """A dict written by `save_checked` (weights_only: no pickle), without its digest key;
     FileFormatError when what it holds no longer matches the digest."""
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError) as exc:  # (a refused pickle stays UnpicklingError)
-        raise FileFormatError(f"{path}: not a readable dcpipe torch file ({exc})") from exc
+    blob = load_tensors(path, map_location)
     if not isinstance(blob, dict):
         raise FileFormatError(f"{path}: not a file written by dcpipe")
     recorded = blob.pop(KEY, None)

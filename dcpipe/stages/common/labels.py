@@ -29,6 +29,7 @@ import numpy as np
 from dcpipe.errors import FileFormatError
 from dcpipe.shards.atomic import atomic_write_bytes, fsync_dir
 from dcpipe.shards.naming import is_valid_key
+from dcpipe.stages.common.safeload import load_npy
 
 FOLDER = "labels"  # the index's folder in a round directory
 INDEX = "index.json"
@@ -166,7 +167,7 @@ def load_labels(labels_dir, shard_name: str) -> tuple[list[str], np.ndarray]:
     labels_dir = Path(labels_dir)
     digests = _shard_digests(labels_dir, shard_name) or {}
     npy = _read_checked(labels_dir / f"{shard_name}.npy", digests.get("npy"))
-    labels = np.load(io.BytesIO(npy), allow_pickle=False)
+    labels = load_npy(io.BytesIO(npy), name=labels_dir / f"{shard_name}.npy")
     keys = json.loads(_read_checked(labels_dir / f"{shard_name}.keys.json", digests.get("keys")))
     if labels.dtype != np.int32 or labels.ndim != 1 or len(labels) != len(keys):
         raise LabelsError(f"{labels_dir}/{shard_name}: {len(keys)} keys, labels {labels.dtype} {labels.shape}")

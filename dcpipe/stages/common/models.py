@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
-from dcpipe.errors import FileFormatError
+from dcpipe.errors import FileFormatError, SettingsError
 from dcpipe.shards.atomic import atomic_write_bytes
 from dcpipe.stages.common import seeds
 from dcpipe.stages.common.digests import load_checked, save_checked
 from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.common.safeload import load_tensors
 from dcpipe.stages.common.seeds import Domain
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -117,7 +118,7 @@ def _make_features(layers, in_channels: int) -> tuple[nn.Sequential, list[int]]:
 
 def _flat_dim(layers, size: int) -> int:
     """Flattened size of the conv stack output for a square input of `size` pixels."""
-    channels = None
+    channels, input_size = None, size
     for layer in layers:
         if layer[0] == "conv":
             _, channels, k, stride, pad = layer
@@ -127,7 +128,7 @@ def _flat_dim(layers, size: int) -> int:
         else:
             size = layer[1]
         if size < 1:
-            raise ValueError("input too small for this architecture")
+            raise SettingsError(f"input_size {input_size} is too small for this architecture")
     return channels * size * size
 
 

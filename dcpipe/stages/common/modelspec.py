@@ -5,8 +5,12 @@ Light on purpose (no torch): the pipeline's config and `status` use it without l
 from dataclasses import asdict, dataclass
 
 from dcpipe.errors import SettingsError
+from dcpipe.stages.common.ranges import Range, check_ranges
 
 ARCHS = ("small", "alexnet", "vgg16")
+# input_size: the smallest input each architecture's conv stack still reduces to >= 1 pixel is
+# checked when the network is built (models.py); the maximum keeps one image's activations in RAM
+RANGES = {"input_size": Range(8, 1024), "width": Range(0, 1024), "projection": Range(0, 8192)}
 
 
 @dataclass(frozen=True)
@@ -22,8 +26,7 @@ class ModelSpec:
             raise SettingsError(f"unknown architecture {self.arch!r}: choose from {list(ARCHS)}")
         if self.width and self.arch != "small":
             raise SettingsError(f"width applies to small only, not {self.arch!r}")
-        if self.input_size < 1 or self.width < 0 or self.projection < 0:
-            raise SettingsError(f"input_size must be positive, width and projection >= 0: {self}")
+        check_ranges(self, RANGES)
 
     def as_dict(self) -> dict:
         return asdict(self)

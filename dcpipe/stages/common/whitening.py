@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dcpipe.shards.atomic import atomic_write_bytes
+from dcpipe.stages.common.safeload import load_npy
 
 EIGEN_POWER = -0.5
 # Directions with (almost) no variance are not blown up to infinity by the whitening: eigenvalues
@@ -78,7 +79,7 @@ class WhiteningPCA:
 
     @classmethod
     def load(cls, path: Path) -> "WhiteningPCA":
-        with np.load(path, allow_pickle=False) as z:
+        with load_npy(path) as z:
             return cls(mean=z["mean"], matrix=z["matrix"], eigenvalues=z["eigenvalues"])
 
 

@@ -2,7 +2,13 @@
 from dataclasses import dataclass
 
 from dcpipe.errors import SettingsError
+from dcpipe.stages.common.ranges import Range, check_ranges
 
+RANGES = {"knn_k": Range(1, 10_000), "probe_dims": Range(0, 1_000_000),
+          "kmeans_pca": Range(0, 4096), "kmeans_runs": Range(1, 1000),
+          "max_train": Range(1, 10**9), "max_test": Range(1, 10**9),
+          "sample_seed": Range(0, 2**63 - 1), "batch_size": Range(1, 65536),
+          "workers": Range(0, 256)}
 PROTOCOLS = ("linear", "knn", "kmeans", "retrieval")
 
 
@@ -29,7 +35,4 @@ class EvalSettings:
         if unknown or not protocols:
             raise SettingsError(f"unknown protocols {unknown or list(protocols)}: "
                                 f"choose from {PROTOCOLS}")
-        if min(self.knn_k, self.max_train, self.max_test, self.batch_size, self.kmeans_runs) < 1 \
-                or min(self.workers, self.probe_dims, self.kmeans_pca) < 0:
-            raise SettingsError("knn_k, max_train, max_test, batch_size, kmeans_runs must be >= 1; "
-                                "workers, probe_dims and kmeans_pca >= 0")
+        check_ranges(self, RANGES)

@@ -8,3 +8,7 @@ FEATURES = "features.zarr"
 
 def is_complete(round_dir) -> bool:
     return store_is_complete(Path(round_dir) / FEATURES)
+
+
+def has_outputs(round_dir) -> bool:
+    return (Path(round_dir) / FEATURES).exists()

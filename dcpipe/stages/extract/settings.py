@@ -3,8 +3,11 @@ from dataclasses import dataclass
 
 from dcpipe.errors import SettingsError
 from dcpipe.stages.common.precision import check_precision
+from dcpipe.stages.common.ranges import Range, check_ranges
 
 DTYPES = ("float16", "float32")
+RANGES = {"batch_size": Range(1, 65536), "workers": Range(0, 256),
+          "chunk_rows": Range(1, 2**20)}
 
 
 @dataclass(frozen=True)
@@ -19,5 +22,4 @@ class ExtractSettings:
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {list(DTYPES)}, not {self.dtype!r}")
         check_precision(self.precision)
-        if self.batch_size < 1 or self.chunk_rows < 1 or self.workers < 0:
-            raise SettingsError("batch_size and chunk_rows must be >= 1, workers >= 0")
+        check_ranges(self, RANGES)

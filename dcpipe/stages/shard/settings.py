@@ -2,10 +2,13 @@
 checked against them)."""
 from dataclasses import dataclass
 
-from dcpipe.errors import SettingsError
+from dcpipe.stages.common.ranges import Range, above, check_ranges
 from dcpipe.stages.sources import fetch
 
 MAX_SHARD_SIZE = 1_000_000  # the six-digit row part of a key
+RANGES = {"image_size": Range(1, 16384), "shard_size": Range(1, MAX_SHARD_SIZE),
+          "workers": Range(1, 256), "threads": Range(1, 1024), "timeout": above(0, 3600),
+          "max_bytes": Range(1, 2**31)}
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,4 @@ class ShardSettings:
     public_only: bool = False  # refuse local paths, file:// and private/loopback addresses
 
     def __post_init__(self):
-        if not 1 <= self.shard_size <= MAX_SHARD_SIZE:
-            raise SettingsError(f"shard_size must be in [1, {MAX_SHARD_SIZE}], got {self.shard_size}")
-        if min(self.image_size, self.workers, self.threads, self.timeout, self.max_bytes) <= 0:
-            raise SettingsError("image_size, workers, threads, timeout and max_bytes must be positive")
+        check_ranges(self, RANGES)

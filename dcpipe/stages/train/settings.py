@@ -3,9 +3,16 @@ from dataclasses import dataclass
 
 from dcpipe.errors import SettingsError
 from dcpipe.stages.common.precision import check_precision
+from dcpipe.stages.common.ranges import Range, above, check_ranges
 
 METHODS = ("deepcluster", "deepcluster-v2")
 SCHEDULES = ("constant", "cosine")
+RANGES = {"batch_size": Range(1, 65536), "lr": above(0, 100), "momentum": Range(0, 0.999),
+          "weight_decay": Range(0, 1), "reassign": above(0, 10_000), "crop_min": above(0, 1),
+          "workers": Range(0, 256), "checkpoint_every": Range(1, 10**9),
+          "loss_every": Range(1, 10**9), "warmup_rounds": Range(0, 10_000),
+          "total_rounds": Range(0, 100_000), "temperature": above(0, 100),
+          "small_crops": Range(0, 64)}
 
 
 @dataclass(frozen=True)
@@ -34,14 +41,4 @@ class TrainSettings:
         check_precision(self.precision)
         if self.lr_schedule not in SCHEDULES:
             raise SettingsError(f"lr_schedule must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.warmup_rounds < 0 or self.total_rounds < 0 or self.small_crops < 0 \
-                or self.temperature <= 0:
-            raise SettingsError("warmup_rounds, total_rounds and small_crops must be >= 0, "
-                                "temperature > 0")
-        if min(self.batch_size, self.checkpoint_every, self.loss_every) < 1 or self.workers < 0:
-            raise SettingsError("batch_size, checkpoint_every and loss_every must be >= 1, workers >= 0")
-        if not 0 < self.crop_min <= 1:
-            raise SettingsError(f"crop_min is the smallest crop's share of the image area, in (0, 1]: "
-                                f"{self.crop_min}")
-        if self.reassign <= 0:
-            raise SettingsError(f"reassign must be > 0, got {self.reassign}")
+        check_ranges(self, RANGES)

@@ -39,7 +39,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dcpipe.errors import FileFormatError, SettingsError
+from dcpipe.errors import DcpipeError, FileFormatError, SettingsError
 from dcpipe.shards.atomic import atomic_write_json, read_json
 from dcpipe.shards.reader import ShardInfo
 from dcpipe.stages.common import seeds
@@ -48,6 +48,7 @@ from dcpipe.stages.common.distributed import ProcessGroup
 from dcpipe.stages.common.labels import LabelsError, index_digest, read_index
 from dcpipe.stages.common.models import load_model, random_init, save_model, train_transform
 from dcpipe.stages.common.precision import autocast, autocast_dtype
+from dcpipe.stages.common.safeload import load_npy
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.train import outputs
@@ -61,6 +62,10 @@ from dcpipe.stages.train.settings import TrainSettings
 log = logging.getLogger("dcpipe.train")
 CKPT_FORMAT = "dcpipe.train-ckpt/1"
 CHUNK = 32  # draws a loader worker decodes as one unit
+
+
+class TrainingDiverged(DcpipeError):
+    """A non-finite loss or model: the settings (usually lr) make this round's training blow up."""
 
 
 def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = ModelSpec(),
@@ -170,11 +175,14 @@ class Tally:
         self.draws += torch.bincount(head0, minlength=len(self.draws))
         self.interval_steps += 1
 
-    def reduce(self, ctx: ProcessGroup) -> None:
+    def reduce(self, ctx: ProcessGroup) -> float:
+        """Sum over ranks into rank 0; returns the summed loss, the same on every rank."""
         self.loss, self.draws = ctx.sum(self.loss), ctx.sum(self.draws)
+        total = self.loss.item()
         if ctx.rank != 0:
             self.loss.zero_()
             self.draws.zero_()
+        return total
 
     def take_interval_mean(self) -> float:
         mean = self.loss.item() / self.interval_steps
@@ -338,17 +346,31 @@ class RoundTraining:
             for group in opt.param_groups:
                 group["lr"] = self._lr(step)
 
+    def _reduce_tally(self, done: int) -> None:
+        """Every rank sees the same sum, so all of them stop together (DDP would hang otherwise)."""
+        loss = self.tally.reduce(self.ctx)
+        if not math.isfinite(loss):
+            self._diverged(f"the loss is {loss} by step {done} of {self.plan.steps}")
+
+    def _diverged(self, what: str) -> None:
+        """Stop with no model written and no checkpoint to resume the divergence from."""
+        if self.ctx.rank == 0:
+            self.ckpt_path.unlink(missing_ok=True)
+        raise TrainingDiverged(f"training diverged in round {self.config['round']}: {what} "
+                               f"(lr {self.config['lr']}); no model written: lower [train] lr "
+                               "and train again")
+
     def _after_step(self, done: int, checkpoint_every: int, loop_s: float, bar) -> None:
         end = done == self.plan.steps
         if done % self.config["loss_every"] == 0 or end:
-            self.tally.reduce(self.ctx)
+            self._reduce_tally(done)
             if self.ctx.rank == 0:
                 self.loss_curve.append([done, self.tally.take_interval_mean()])
                 bar.set_postfix(loss=f"{self.loss_curve[-1][1]:.3f}")
             else:
                 self.tally.interval_steps = 0
         if done % checkpoint_every == 0 or end:
-            self.tally.reduce(self.ctx)
+            self._reduce_tally(done)
             self.step = done
             if self.ctx.rank == 0:
                 self._checkpoint(self.elapsed_before + loop_s)
@@ -369,6 +391,8 @@ class RoundTraining:
     # ------------------------------------------------------------ outputs
     def _finish(self, first: int, timing: dict) -> dict:
         """Rank 0 writes model.pt, optim_body.pt, then train.json; every rank returns the record."""
+        if not all(torch.isfinite(p).all() for p in self.model.state_dict().values()):
+            self._diverged("the trained weights are not finite")
         self.tally.draws = self.ctx.sum(self.tally.draws)  # rank 0 holds the sum, others zeros
         record = self._record(first, timing)
         if self.ctx.rank == 0:
@@ -429,7 +453,7 @@ def _check_method(config: dict, model: ModelSpec) -> None:
 
 def _centroids(paths: list[str], dim: int) -> list[torch.Tensor]:
     """Every head's centroids, checked to live in the projection's space (no PCA before)."""
-    found = [torch.from_numpy(np.load(p, allow_pickle=False)).float() for p in paths]
+    found = [torch.from_numpy(load_npy(p)).float() for p in paths]
     for path, c in zip(paths, found):
         if c.dim() != 2 or c.shape[1] != dim:
             raise SettingsError(f"{path} holds {tuple(c.shape)} centroids, the projection has "

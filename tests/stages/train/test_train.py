@@ -20,7 +20,7 @@ from dcpipe.stages.common.models import build_model, load_model
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
 from dcpipe.stages.train import TrainSettings
-from dcpipe.stages.train.stage import train
+from dcpipe.stages.train.stage import TrainingDiverged, train
 
 from support.damage import flip_in_member, flip_low_bit_of_weight, largest_weight
 from support.labelled_shards import make_collection
@@ -205,3 +205,12 @@ def _shifted(labels_dir, name):
     """A shard's keys and its labels moved to the next cluster (as a new clustering would)."""
     keys, labels = load_labels(labels_dir, name)
     return keys, np.where(labels >= 0, (labels + 1) % K, -1).astype(np.int32)
+
+
+def test_a_non_finite_loss_stops_training_with_no_model_and_no_checkpoint(collection, tmp_path):
+    """lr 100 (the largest allowed) blows the loss up to NaN within a few steps on this set."""
+    with pytest.raises(TrainingDiverged, match=r"diverged in round 0: the loss is nan by step \d+ "
+                                                r"of \d+ \(lr 100.0\); no model written"):
+        run_train(*collection, tmp_path, **{**OPTIONS, "lr": 100.0})
+    assert not any((tmp_path / name).exists()
+                   for name in ("model.pt", "model.json", "train.json", "ckpt/last.pt"))
