@@ -4,7 +4,10 @@ torch.compile, side by side in one run (pre-made tensors, no data path).
 Each variant trains the same model (DeepCluster-v2's: projection head, 3 heads of prototypes)
 for a few steps at each crop size; the table gives images per second and the ratio to fp32.
 
-    python benchmarks/bench_precision.py [--widths 32 64] [--sizes 32 16] [--steps 8]
+    python benchmarks/bench_precision.py [--widths 32 64] [--sizes 32 16] [--steps 8] [--threads 1 2]
+
+`--threads` repeats the table for each intra-op thread count (training runs 2 loader workers
+beside the main process, so fewer threads than cores may pay).
 """
 import argparse
 import platform
@@ -55,17 +58,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     args = parser.parse_args()
-    print(f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"batch {args.batch}, {args.steps} timed steps after 4 warm-up steps")
-    print("| width | px | " + " | ".join(args.variants) + " |")
-    print("|---|---|" + "---|" * len(args.variants))
-    for width in args.widths:
-        for size in args.sizes:
-            rates = [images_per_s(width, size, VARIANTS[v], args.batch, args.steps)
-                     for v in args.variants]
-            cells = [f"{r:.0f} ({r / rates[0]:.2f}x)" for r in rates]
-            print(f"| {width} | {size} | " + " | ".join(cells) + " |", flush=True)
+    print(f"{platform.machine()}, torch {torch.__version__}, batch {args.batch}, "
+          f"{args.steps} timed steps after 4 warm-up steps; ratios to fp32 at the first thread count")
+    print("| threads | width | px | " + " | ".join(args.variants) + " |")
+    print("|---|---|---|" + "---|" * len(args.variants))
+    baseline = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for width in args.widths:
+            for size in args.sizes:
+                rates = [images_per_s(width, size, VARIANTS[v], args.batch, args.steps)
+                         for v in args.variants]
+                base = baseline.setdefault((width, size), rates[0])
+                cells = [f"{r:.0f} ({r / base:.2f}x)" for r in rates]
+                print(f"| {threads} | {width} | {size} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
