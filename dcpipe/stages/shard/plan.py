@@ -42,7 +42,7 @@ def listing_path(shards_dir, source_id: str) -> Path:
     return Path(shards_dir) / "sources" / f"{digest}.listing"
 
 
-def _next_index(plan: dict) -> int:
+def next_index(plan: dict) -> int:
     ends = [run["first_shard"] + n_shards(run)
             for entry in plan["sources"].values() for run in entry["runs"]]
     return max(ends, default=0)
@@ -121,7 +121,7 @@ def extend_plan(shards_dir, source_id: str, options: dict, texts: Iterable[str],
                           "a source may only grow (append rows)")
     _check_unchanged(source_id, entry, planned, digests)
     if n_rows > covered:
-        entry["runs"].append({"first_shard": max(_next_index(plan), first_free),
+        entry["runs"].append({"first_shard": max(next_index(plan), first_free),
                               "row_start": covered, "row_end": n_rows,
                               "shard_size": options["shard_size"],
                               "digests": digests[len(planned):]})
