@@ -16,7 +16,6 @@ w, w + n, ..., and the loader takes them in turn. Rows that cannot be read come 
 drawn by position, so a class-ordered source (a folder, class by class) gives each class its share.
 """
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -100,15 +99,9 @@ class ImageSet:
         for row in iter_rows(self.src):
             label = row.label if row.label is not None else row.meta.get(
                 self.label_field or LABEL_FIELD)
-            yield Record(row.row, row.key or self._source_key(row.source) or f"row{row.row}",
+            yield Record(row.row, row.key or row.recorded_source or f"row{row.row}",
                          None if label is None else str(label), source=row.source,
                          error=row.reject)
-
-    def _source_key(self, source: str | None) -> str | None:
-        """A folder's file by its path inside the folder; a table's source as written."""
-        if source is None or not self.src.is_dir():
-            return source
-        return Path(os.path.relpath(source, self.src)).as_posix()
 
     def _shard_records(self, shard, offset: int) -> Iterator[Record]:
         row = -1

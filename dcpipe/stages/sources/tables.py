@@ -66,6 +66,14 @@ class Row:
     reject: str | None = None
     label: str | None = None  # folder class, kept for evaluation only
     detail: str = ""  # why the row is a reject
+    name: str | None = None  # a folder's file: its path inside the folder
+
+    @property
+    def recorded_source(self) -> str | None:
+        """What samples, rejects and the plan record: a folder's file by its path inside the
+        folder (the same wherever the command runs from; the folder is the shard's `source`),
+        any other source as written."""
+        return self.name if self.name is not None else self.source
 
 
 @dataclass(frozen=True)
@@ -313,9 +321,9 @@ def _iter_folder(root, listing) -> Iterator[Row]:
         if rel.endswith("/"):  # a sub-folder the walk could not list
             yield Row(i, os.path.join(root, rel), label=label, reject="unreadable_folder",
                       detail="could not be listed when walked; its files become new rows "
-                             "once it is readable")
+                             "once it is readable", name=rel)
         else:
-            yield Row(i, os.path.join(root, rel), label=label)
+            yield Row(i, os.path.join(root, rel), label=label, name=rel)
 
 
 def _iter_yfcc(src, cols: Columns, start: int) -> Iterator[Row]:
@@ -401,7 +409,7 @@ def row_texts(src, format=None, url_col=None, key_col=None, meta_cols=None,
     if fmt in LINE_FORMATS:
         rows.close()
         return (line if isinstance(line, str) else repr(line) for _, line in _numbered_lines(src))
-    return (repr((r.source, r.key, r.meta, r.label)) for r in rows)
+    return (repr((r.recorded_source, r.key, r.meta, r.label)) for r in rows)
 
 
 def source_id(src) -> str:
