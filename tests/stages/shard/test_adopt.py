@@ -1,6 +1,10 @@
 """An img2dataset output folder taken into a workspace: `dcpipe shard --src <folder of tars>`."""
 
 import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from support.cli import dcpipe
@@ -14,6 +18,8 @@ from dcpipe.shards.reader import file_sha256, iter_shard, list_shards
 from dcpipe.stages.shard import ShardSettings
 from dcpipe.stages.shard import shard
 from dcpipe.stages.sources.tables import SourceError
+
+SHM = Path("/dev/shm")
 
 
 def _json(result) -> dict:
@@ -122,3 +128,18 @@ def test_an_unreadable_tar_stops_adoption_naming_it(tmp_path):
     with pytest.raises(SourceError, match="00001.tar"):
         shard(tmp_path / "i2d", tmp_path / "shards")
     assert [s.name for s in list_shards(tmp_path / "shards")] == ["000000"]
+
+
+@pytest.mark.skipif(not SHM.is_dir() or os.stat(SHM).st_dev == os.stat("/tmp").st_dev,
+                    reason="needs /dev/shm on another file system than /tmp")
+def test_tars_on_another_file_system_are_copied(tmp_path):
+    source = Path(tempfile.mkdtemp(dir=SHM))
+    try:
+        tars = img2dataset_folder(source, n_shards=1, per_shard=3)
+        stats = shard(source, tmp_path / "shards")
+        [info] = list_shards(tmp_path / "shards")
+        assert (stats["copied"], stats["linked"]) == (1, 0)
+        assert info.path.stat().st_ino != tars[0].stat().st_ino
+        assert info.sha256 == file_sha256(tars[0]) == file_sha256(info.path)
+    finally:
+        shutil.rmtree(source)
