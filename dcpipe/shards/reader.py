@@ -26,6 +26,7 @@ from typing import Iterator
 
 from dcpipe.errors import DcpipeError
 from dcpipe.shards.manifest import load_manifest
+from dcpipe.shards.naming import is_shard_name
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 HASH_BLOCK = 1 << 20
@@ -77,6 +78,12 @@ def list_shards(shards_dir) -> list[ShardInfo]:
 def tar_files(folder) -> list[Path]:
     """The `*.tar` files at the top of `folder`, sorted (hidden ones are temp files)."""
     return sorted(p for p in Path(folder).glob("*.tar") if not p.name.startswith("."))
+
+
+def foreign_tars(shards_dir) -> list[Path]:
+    """Tars in a shards folder that dcpipe did not name (copied in by hand): no round sees them
+    once a manifest lists the collection (they must be adopted: docs/shard.md)."""
+    return [p for p in tar_files(shards_dir) if not is_shard_name(p.stem)]
 
 
 def _split_member(name: str) -> tuple[str, str]:

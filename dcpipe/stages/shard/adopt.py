@@ -27,9 +27,9 @@ from pathlib import Path
 
 from dcpipe.shards.atomic import atomic_write_json, fsync_dir, temp_path
 from dcpipe.shards.manifest import add_entry, load_manifest, load_plan
-from dcpipe.shards.naming import is_shard_name, shard_name
+from dcpipe.shards.naming import shard_name
 from dcpipe.shards.reader import (DEFAULT_LABEL_FIELD, ShardReadError, TarSummary,
-                                  summarize_tar, tar_files)
+                                  foreign_tars, summarize_tar, tar_files)
 
 from dcpipe.stages.shard.plan import next_index
 from dcpipe.stages.sources.tables import SourceError, source_id
@@ -133,12 +133,6 @@ def _place(tar: Path, target: Path) -> str:
         raise
     fsync_dir(target.parent)
     return how
-
-
-def foreign_tars(shards_dir) -> list[Path]:
-    """Tars in the shards folder that dcpipe did not name (copied in by hand): no round would
-    see them once a manifest lists the collection."""
-    return [p for p in tar_files(shards_dir) if not is_shard_name(p.stem)]
 
 
 def refuse_foreign_tars(shards_dir) -> None:

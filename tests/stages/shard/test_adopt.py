@@ -120,6 +120,8 @@ def test_tars_copied_into_the_shards_folder_by_hand_are_refused_with_the_way_out
     out = dcpipe(ws, "shard", "--src", str(photos))
     assert out.returncode == 2 and "00000.tar" in out.stderr and "adopt" in out.stderr
     assert not (ws / "shards" / "manifest.jsonl").exists()  # nothing hidden
+    assert _json(dcpipe(ws, "status", "--json"))["collection"]["foreign_tars"] == 1
+    assert "1 tars in shards/ that dcpipe did not write" in dcpipe(ws, "status").stdout
 
 
 def test_an_unreadable_tar_stops_adoption_naming_it(tmp_path):
