@@ -30,6 +30,7 @@ from dcpipe.shards.manifest import load_plan, save_plan
 from dcpipe.stages.sources.tables import SourceError
 
 PLAN_VERSION = 2  # 2: a folder's rows are fingerprinted by their path inside the folder
+
 # Options that change what a shard holds: a rerun must use the same ones.
 SHAPING_OPTIONS = ("format", "url_col", "key_col", "meta_cols", "image_size", "shard_size")
 
