@@ -89,7 +89,8 @@ def init(ctx, method):
 
 
 @main.command()
-@click.option("--src", required=True, help="Image folder, CSV/TSV/JSONL/Parquet/text list, or YFCC100M file.")
+@click.option("--src", required=True, help="Image folder, CSV/TSV/JSONL/Parquet/text list, YFCC100M file, "
+              "or a folder of WebDataset tars (img2dataset's output: adopted whole).")
 @click.option("--format", "fmt", help="Override the format taken from the file (e.g. yfcc100m).")
 @click.option("--url-col", help="Column holding the source (default: a column named url or path).")
 @click.option("--key-col", help="Column holding a key for each sample.")
@@ -103,6 +104,8 @@ def init(ctx, method):
 @click.option("--max-bytes", type=int)
 @click.option("--public-only/--no-public-only", default=None,
               help="Refuse local paths, file:// URLs and private/loopback/link-local addresses.")
+@click.option("--label-field", help="Adopted tars: the true label's JSON key, or a member extension "
+              "such as cls (evaluation only; default: label).")
 @click.option("--node-rank", type=int, default=None, help="This node (default: torchrun's RANK or 0).")
 @click.option("--num-nodes", type=int, default=None, help="Nodes in all (default: WORLD_SIZE or 1).")
 @handled(locked=False)

@@ -9,6 +9,7 @@ from collections import Counter
 from dcpipe.pipeline.workspace import STEPS, RoundDir, Workspace
 from dcpipe.shards.atomic import read_json
 from dcpipe.shards.manifest import load_manifest
+from dcpipe.shards.reader import foreign_tars
 
 CLUSTER_KEYS = ("k", "method", "seed", "n_samples", "nmi_prev", "nmi_true", "ari_true", "acc_true",
                 "sizes", "empty_before_fix", "seconds")
@@ -23,7 +24,8 @@ def _shards_summary(ws: Workspace) -> dict:
     return {"shards": len(entries), "rows": sum(e.get("rows", e["n_samples"]) for e in entries),
             "samples": sum(e["n_samples"] for e in entries), "rejected": sum(rejects.values()),
             "rejects_by_reason": dict(sorted(rejects.items())),
-            "bytes": sum(e["bytes"] for e in entries)}
+            "bytes": sum(e["bytes"] for e in entries),
+            "foreign_tars": len(foreign_tars(ws.shards_dir))}
 
 
 def _pick(record: dict | None, keys) -> dict | None:
@@ -69,6 +71,9 @@ def format_text(status: dict) -> str:
              f"shards     {c['shards']} ({c['bytes'] / 1e6:.1f} MB)",
              f"rows       {c['rows']}: {c['samples']} samples, {c['rejected']} rejected"]
     lines += [f"           {reason}: {n}" for reason, n in c["rejects_by_reason"].items()]
+    if c["foreign_tars"]:
+        lines.append(f"           {c['foreign_tars']} tars in shards/ that dcpipe did not write: "
+                     "no round sees them (move them out and adopt them: docs/shard.md)")
     if status["rounds"]:
         lines.append("round  extract cluster train  k      nmi_true nmi_prev acc_true loss     "
                      "cluster_s train_s method")

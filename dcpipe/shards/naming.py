@@ -19,6 +19,11 @@ def shard_name(index: int) -> str:
     return f"{index:0{SHARD_DIGITS}d}"
 
 
+def is_shard_name(name: str) -> bool:
+    """Whether `name` (a tar's stem) is one `shard_name` gives."""
+    return len(name) >= SHARD_DIGITS and name.isascii() and name.isdigit()
+
+
 def make_key(shard: int, row_in_shard: int) -> str:
     """The default key: shard index then row within the shard, like img2dataset's."""
     if not 0 <= row_in_shard < 10**ROW_DIGITS:

@@ -4,6 +4,11 @@ Works on our own shards (listed by manifest.jsonl) and on WebDataset shards writ
 tools such as img2dataset (any `*.tar` in the folder, in sorted order, samples counted from the
 tar headers). Row `i` of a shard is its `i`-th sample in tar order, everywhere in dcpipe.
 
+A sample's true label (for evaluation only) is read with the shard's label field: a member of
+that extension (`<key>.cls`, WebDataset's class convention) or else that key of its JSON (a
+dotted path reaches into nested objects: `meta.class`); our shards and img2dataset's extra
+columns both use the JSON key `label`, the default. A label is text (`3` becomes "3").
+
 A shard of ours is verified as it is read: the bytes are hashed on their way to the tar parser
 (one pass, no second read) and, at the end of the tar, compared with the manifest's sha256. A
 missing, short or altered tar of ours is then a `ShardCorrupt` (the user must restore or
@@ -21,9 +26,11 @@ from typing import Iterator
 
 from dcpipe.errors import DcpipeError
 from dcpipe.shards.manifest import load_manifest
+from dcpipe.shards.naming import is_shard_name
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 HASH_BLOCK = 1 << 20
+DEFAULT_LABEL_FIELD = "label"
 
 
 class ShardReadError(Exception):
@@ -43,6 +50,7 @@ class ShardInfo:
     classes: tuple = field(default=())
     sha256: str | None = None  # recorded by the manifest (None: another tool's shard)
     bytes: int | None = None
+    label_field: str = DEFAULT_LABEL_FIELD  # where its samples' true labels are (adopted shards)
 
 
 @dataclass
@@ -51,6 +59,7 @@ class Sample:
     image: bytes | None
     meta: dict
     error: str | None = None
+    label: str | None = None  # true label (evaluation only), read with the shard's label field
 
 
 def list_shards(shards_dir) -> list[ShardInfo]:
@@ -59,11 +68,22 @@ def list_shards(shards_dir) -> list[ShardInfo]:
     if entries:
         return [
             ShardInfo(e["index"], e["name"], shards_dir / f"{e['name']}.tar", e["n_samples"],
-                      tuple(e.get("classes", ())), e.get("sha256"), e.get("bytes"))
+                      tuple(e.get("classes", ())), e.get("sha256"), e.get("bytes"),
+                      e.get("label_field", DEFAULT_LABEL_FIELD))
             for e in entries
         ]
-    tars = sorted(p for p in shards_dir.glob("*.tar") if not p.name.startswith("."))
-    return [ShardInfo(i, p.stem, p, count_samples(p)) for i, p in enumerate(tars)]
+    return [ShardInfo(i, p.stem, p, count_samples(p)) for i, p in enumerate(tar_files(shards_dir))]
+
+
+def tar_files(folder) -> list[Path]:
+    """The `*.tar` files at the top of `folder`, sorted (hidden ones are temp files)."""
+    return sorted(p for p in Path(folder).glob("*.tar") if not p.name.startswith("."))
+
+
+def foreign_tars(shards_dir) -> list[Path]:
+    """Tars in a shards folder that dcpipe did not name (copied in by hand): no round sees them
+    once a manifest lists the collection (they must be adopted: docs/shard.md)."""
+    return [p for p in tar_files(shards_dir) if not is_shard_name(p.stem)]
 
 
 def _split_member(name: str) -> tuple[str, str]:
@@ -74,13 +94,13 @@ def _split_member(name: str) -> tuple[str, str]:
 
 
 class _HashingReader:
-    """Read-only file wrapper that hashes every byte read through it. tarfile reads members in
-    order and only ever seeks forward (past padding): a forward seek reads the bytes it skips,
-    so the hash covers the whole tar exactly once."""
+    """Read-only file wrapper that feeds every byte read through it to `hasher`. tarfile reads
+    members in order and only ever seeks forward (past padding): a forward seek reads the bytes
+    it skips, so the hash covers the whole tar exactly once."""
 
-    def __init__(self, f):
+    def __init__(self, f, hasher):
         self._f = f
-        self.sha256 = hashlib.sha256()
+        self.sha256 = hasher
         self._pos = 0
 
     def read(self, size=-1):
@@ -102,22 +122,22 @@ class _HashingReader:
             pass
         return self._pos
 
-    def digest_to_end(self) -> str:
+    def read_to_end(self) -> None:
         while self.read(HASH_BLOCK):
             pass
-        return self.sha256.hexdigest()
 
 
-def _members(path: Path, sha256: str | None = None) -> Iterator[tuple[str, str, bytes]]:
-    """(key, ext, data) of each file member; a short member or a missing end marker is an error,
-    and so is, with `sha256`, a tar whose bytes hash otherwise (checked after the last member).
+def _tar_members(path: Path, hasher=None) -> Iterator[tuple[str, str, bytes]]:
+    """(key, ext, data) of each file member; a short member or a missing end marker is an error.
+    With `hasher`, every byte of the file goes through it (the rest of the file too, after the
+    last member), in the same single read.
 
     tarfile treats a file cut at a header boundary as a normal end, so the end-of-archive
     blocks (two zero records) are checked explicitly.
     """
     try:
         with open(path, "rb") as f:
-            source = f if sha256 is None else _HashingReader(f)
+            source = f if hasher is None else _HashingReader(f, hasher)
             with tarfile.open(fileobj=source, mode="r:") as tar:
                 for info in tar:
                     if info.isfile():
@@ -127,16 +147,42 @@ def _members(path: Path, sha256: str | None = None) -> Iterator[tuple[str, str, 
                         yield (*_split_member(info.name), data)
                 if path.stat().st_size < tar.offset + 2 * tarfile.BLOCKSIZE:
                     raise ShardReadError(f"{path}: tar ends without its end-of-archive marker")
-            found = None if sha256 is None else source.digest_to_end()
+            if hasher is not None:
+                source.read_to_end()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ShardReadError(f"{path}: {exc.__class__.__name__}: {exc}") from exc
-    if found != sha256:
+
+
+def _members(path: Path, sha256: str | None = None) -> Iterator[tuple[str, str, bytes]]:
+    """`_tar_members`, and with `sha256`, a tar whose bytes hash otherwise is an error (checked
+    after the last member)."""
+    hasher = None if sha256 is None else hashlib.sha256()
+    yield from _tar_members(path, hasher)
+    if hasher is not None and hasher.hexdigest() != sha256:
         raise ShardCorrupt(f"shard {path}: its bytes do not match the sha256 its manifest entry "
                            "records (the tar was altered or damaged on disk): restore it from a "
                            "copy, or delete it and its manifest line and shard its rows again")
 
 
-def _sample(key: str, parts: dict[str, bytes]) -> Sample:
+def label_text(value) -> str | None:
+    """A label value as the text dcpipe compares: strings as they are, integers as digits."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace").strip()
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    return str(value) if value != "" else None
+
+
+def _json_label(meta: dict, label_field: str):
+    value = meta
+    for part in label_field.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _sample(key: str, parts: dict[str, bytes], label_field: str) -> Sample:
     image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
     error = None if image is not None else "no image member"
     meta = {}
@@ -145,17 +191,20 @@ def _sample(key: str, parts: dict[str, bytes]) -> Sample:
             meta = json.loads(parts["json"])
         except ValueError as exc:
             error = f"bad json member: {exc}"
-    return Sample(key, image, meta, error)
+    label = parts[label_field] if label_field in parts else _json_label(meta, label_field)
+    return Sample(key, image, meta, error, label_text(label))
 
 
-def iter_shard(path, sha256: str | None = None) -> Iterator[Sample]:
+def iter_shard(path, sha256: str | None = None,
+               label_field: str = DEFAULT_LABEL_FIELD) -> Iterator[Sample]:
     """Samples of one shard in tar order; raises ShardReadError where the tar breaks off.
 
     With `sha256` (a shard of ours: `ShardInfo.sha256`) the tar is verified as it is read and
     any damage, a missing file or a short tar included, raises ShardCorrupt instead.
+    `label_field`: where each sample's true label is (`ShardInfo.label_field`).
     """
     try:
-        yield from _samples(Path(path), sha256)
+        yield from _grouped(_members(Path(path), sha256), label_field)
     except ShardReadError as exc:
         if sha256 is None:
             raise
@@ -164,16 +213,37 @@ def iter_shard(path, sha256: str | None = None) -> Iterator[Sample]:
                            ) from exc
 
 
-def _samples(path: Path, sha256: str | None) -> Iterator[Sample]:
+def _grouped(members, label_field: str) -> Iterator[Sample]:
+    """Consecutive members with one key make a sample (WebDataset's grouping)."""
     key, parts = None, {}
-    for member_key, ext, data in _members(path, sha256):
+    for member_key, ext, data in members:
         if member_key != key:
             if key is not None:
-                yield _sample(key, parts)
+                yield _sample(key, parts, label_field)
             key, parts = member_key, {}
         parts[ext] = data
     if key is not None:
-        yield _sample(key, parts)
+        yield _sample(key, parts, label_field)
+
+
+@dataclass(frozen=True)
+class TarSummary:
+    n_samples: int
+    bytes: int
+    sha256: str
+    classes: tuple  # the distinct true labels, sorted
+
+
+def summarize_tar(path, label_field: str = DEFAULT_LABEL_FIELD) -> TarSummary:
+    """Count, digest and labels of a tar (another tool's, being adopted), in one read;
+    ShardReadError if it cannot be read to its end."""
+    path, hasher = Path(path), hashlib.sha256()
+    n_samples, classes = 0, set()
+    for sample in _grouped(_tar_members(path, hasher), label_field):
+        n_samples += 1
+        if sample.label is not None:
+            classes.add(sample.label)
+    return TarSummary(n_samples, path.stat().st_size, hasher.hexdigest(), tuple(sorted(classes)))
 
 
 def count_samples(path) -> int:

@@ -19,7 +19,8 @@ def test_status_json_has_the_documented_keys(tmp_path):
     status = json.loads(out.stdout)
     assert set(status) == {"workspace", "config", "collection", "rounds"}
     assert status["collection"] == {"shards": 2, "rows": 7, "samples": 5, "rejected": 2,
-                                    "rejects_by_reason": {"http_404": 2}, "bytes": status["collection"]["bytes"]}
+                                    "rejects_by_reason": {"http_404": 2}, "bytes": status["collection"]["bytes"],
+                                    "foreign_tars": 0}
     text = dcpipe(tmp_path, "status").stdout
     assert "2 rejected" in text and "http_404: 2" in text
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from dcpipe.shards.reader import ShardCorrupt, ShardReadError, iter_shard
+from dcpipe.shards.reader import DEFAULT_LABEL_FIELD, ShardCorrupt, ShardReadError, iter_shard
 
 from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.models import eval_crop
@@ -34,6 +34,7 @@ class ShardJob:
     path: str
     count: int  # samples the layout expects
     sha256: str | None = None  # the manifest's digest: the tar is verified as it is read
+    label_field: str = DEFAULT_LABEL_FIELD  # where its samples' true labels are
 
 
 class ShardLayoutError(ShardCorrupt):
@@ -85,12 +86,8 @@ class ShardBatches(IterableDataset):
         for job in self.jobs[worker::n_workers]:
             yield from handed_on(self._shard(job, transform))
 
-    def _label(self, meta: dict) -> int:
-        label = meta.get("label")
-        return self.label_index.get(label, -1) if isinstance(label, str) else -1
-
     def _decode(self, sample, transform, batch: _Batch, row: int) -> None:
-        label = self._label(sample.meta)
+        label = self.label_index.get(sample.label, -1)
         if sample.image is None:
             return batch.add_row(row, sample.key, label, failure=sample.error)
         if sample.error:  # e.g. bad json: the image is still usable
@@ -117,7 +114,7 @@ def _rows(job: ShardJob):
     """(row, sample, None) for each row in the tar, then (row, None, reason) for rows it lost."""
     seen, lost = 0, None
     try:
-        for row, sample in enumerate(iter_shard(job.path, job.sha256)):
+        for row, sample in enumerate(iter_shard(job.path, job.sha256, job.label_field)):
             if row >= job.count:
                 raise ShardLayoutError(f"{job.path} has more than the {job.count} samples "
                                        "its manifest lists; was it rewritten?")

@@ -146,8 +146,8 @@ def _extract_shards(model, store: FeatureStore, shards, todo, device, bar, preci
                     batch_size, workers, input_size) -> dict:
     counts = {"shards_done": 0, "samples": 0, "failed": 0}
     labels = {name: i for i, name in enumerate(store.attrs["class_names"])}
-    jobs = [ShardJob(s, str(shards[s].path), int(shards[s].n_samples), shards[s].sha256)
-            for s in todo]
+    jobs = [ShardJob(s, str(shards[s].path), int(shards[s].n_samples), shards[s].sha256,
+                     shards[s].label_field) for s in todo]
     for job in jobs:
         if job.count == 0:  # an empty shard has nothing to stream
             _commit(_ShardBlock(store, job.position, shards[job.position].name), counts)

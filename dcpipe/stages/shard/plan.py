@@ -13,6 +13,10 @@ Each run also records `digests`, one fingerprint per shard of the rows it was pl
 (blake2b of each row's text, see `sources.tables.row_texts`). Every run recomputes them in
 the same pass that counts the rows: a source rewritten instead of appended (rows already
 planned are taken as done by position) is an error naming the first shard whose rows changed.
+A folder's rows are fingerprinted by each file's path inside the folder, so the same folder
+named from another working directory is the same source. Plans of version 1 fingerprinted
+them by the path as given on the command line: their folder digests are dropped once and
+recomputed (the folder's listing file already fixes its row order).
 """
 
 import copy
@@ -24,6 +28,8 @@ from typing import Iterable, Iterator
 from dcpipe.shards.manifest import load_plan, save_plan
 
 from dcpipe.stages.sources.tables import SourceError
+
+PLAN_VERSION = 2  # 2: a folder's rows are fingerprinted by their path inside the folder
 
 # Options that change what a shard holds: a rerun must use the same ones.
 SHAPING_OPTIONS = ("format", "url_col", "key_col", "meta_cols", "image_size", "shard_size")
@@ -42,7 +48,7 @@ def listing_path(shards_dir, source_id: str) -> Path:
     return Path(shards_dir) / "sources" / f"{digest}.listing"
 
 
-def _next_index(plan: dict) -> int:
+def next_index(plan: dict) -> int:
     ends = [run["first_shard"] + n_shards(run)
             for entry in plan["sources"].values() for run in entry["runs"]]
     return max(ends, default=0)
@@ -109,7 +115,7 @@ def extend_plan(shards_dir, source_id: str, options: dict, texts: Iterable[str],
     `first_free`: no new shard gets a lower index (the manifest's shards are kept even if
     plan.json was lost).
     """
-    plan = load_plan(shards_dir)
+    plan = _migrated(load_plan(shards_dir))
     recorded = plan["sources"].get(source_id)
     entry = copy.deepcopy(recorded) or {"options": options, "runs": []}
     _check_options(source_id, entry["options"], options)
@@ -121,7 +127,7 @@ def extend_plan(shards_dir, source_id: str, options: dict, texts: Iterable[str],
                           "a source may only grow (append rows)")
     _check_unchanged(source_id, entry, planned, digests)
     if n_rows > covered:
-        entry["runs"].append({"first_shard": max(_next_index(plan), first_free),
+        entry["runs"].append({"first_shard": max(next_index(plan), first_free),
                               "row_start": covered, "row_end": n_rows,
                               "shard_size": options["shard_size"],
                               "digests": digests[len(planned):]})
@@ -129,6 +135,16 @@ def extend_plan(shards_dir, source_id: str, options: dict, texts: Iterable[str],
         plan["sources"][source_id] = entry
         save_plan(shards_dir, plan)
     return entry, n_rows
+
+
+def _migrated(plan: dict) -> dict:
+    """A plan of version 1 without its folder digests (see the module docstring)."""
+    if plan.get("version", 1) < 2:
+        for entry in plan["sources"].values():
+            if entry["options"].get("format") == "folder":
+                for run in entry["runs"]:
+                    run.pop("digests", None)
+    return {**plan, "version": PLAN_VERSION}
 
 
 def planned_shards(entry: dict) -> list[PlannedShard]:

@@ -2,6 +2,9 @@
 checked against them)."""
 from dataclasses import dataclass
 
+from dcpipe.errors import SettingsError
+from dcpipe.shards.reader import DEFAULT_LABEL_FIELD
+
 from dcpipe.stages.common.ranges import Range, above, check_ranges
 from dcpipe.stages.sources import fetch
 
@@ -21,6 +24,9 @@ class ShardSettings:
     timeout: float = fetch.TIMEOUT  # seconds per download
     max_bytes: int = fetch.MAX_BYTES  # download / file size cap
     public_only: bool = False  # refuse local paths, file:// and private/loopback addresses
+    label_field: str = DEFAULT_LABEL_FIELD  # adopted tars: JSON key or member (cls) of the true label
 
     def __post_init__(self):
         check_ranges(self, RANGES)
+        if not self.label_field.strip():
+            raise SettingsError("label_field must name a JSON key or a member extension (cls)")

@@ -19,6 +19,9 @@ per shard and in the returned totals. A rerun skips shards in the manifest, adop
 were published but not yet recorded, redoes planned-but-missing ones with their planned rows,
 and plans rows a grown source gained as new shards; existing shards are never rewritten.
 
+A folder with `*.tar` files at its top is a WebDataset collection written by another tool
+(img2dataset's): its tars are adopted whole (`adopt.py`), after every shard already planned.
+
 Several nodes (`node_rank/num_nodes`, or RANK/WORLD_SIZE from torchrun) write disjoint shards
 and leave manifest.jsonl alone (one writer only); a later run with one node records their shards.
 They must start from the same source file. De-duplication needs the whole collection in one
@@ -36,6 +39,7 @@ from pathlib import Path
 from dcpipe.errors import SettingsError
 from dcpipe.shards.manifest import add_entry, load_manifest
 from dcpipe.stages.common import distributed
+from dcpipe.stages.shard import adopt
 from dcpipe.stages.shard.commit import adopt_committed, mark_duplicates, write_shard
 from dcpipe.stages.shard.dedup import DedupIndex
 from dcpipe.stages.shard.plan import PlannedShard, extend_plan, listing_path, planned_shards
@@ -153,6 +157,11 @@ def shard(src, shards_dir, settings: ShardSettings = ShardSettings(), *, format=
     shards_dir = Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
     fmt = sources.detect_format(src, format)
+    adopt.refuse_foreign_tars(shards_dir)
+    if fmt == adopt.FORMAT:
+        if world > 1:
+            raise SettingsError("a WebDataset collection is adopted by one node: use num_nodes=1")
+        return adopt.adopt(src, shards_dir, settings.label_field)
     read = {"format": fmt, "url_col": url_col, "key_col": key_col,
             "meta_cols": list(meta_cols) if meta_cols is not None else None}
     shaping = {**read, "image_size": image_size, "shard_size": settings.shard_size}

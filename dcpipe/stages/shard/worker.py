@@ -68,7 +68,7 @@ def sample_key(task: ShardTask, row: Row) -> str:
 
 
 def _sample_meta(row: Row, key: str, p) -> dict:
-    meta = {"key": key, "source": row.source, "row": row.row, "width": p.width,
+    meta = {"key": key, "source": row.recorded_source, "row": row.row, "width": p.width,
             "height": p.height, "original_width": p.original_width,
             "original_height": p.original_height, "original_format": p.original_format,
             "sha256": p.sha256}
@@ -82,11 +82,11 @@ def _sample_meta(row: Row, key: str, p) -> dict:
 def fetch_row(task: ShardTask, row: Row):
     """(key, bytes, seconds) of a row, or its reject Outcome. Runs in a fetching thread."""
     if row.reject:
-        return Outcome(row.row, row.source, None, reason=row.reject, detail=row.detail)
+        return Outcome(row.row, row.recorded_source, None, reason=row.reject, detail=row.detail)
     try:
         key = sample_key(task, row)
     except ValueError as exc:
-        return Outcome(row.row, row.source, None, reason="bad_key", detail=str(exc))
+        return Outcome(row.row, row.recorded_source, None, reason="bad_key", detail=str(exc))
     start = time.perf_counter()
     opts = task.fetch
     try:
@@ -95,7 +95,7 @@ def fetch_row(task: ShardTask, row: Row):
     except Exception as exc:  # whatever one row does, it ends as that row's reject
         reason, detail = ((exc.reason, exc.detail) if isinstance(exc, FetchError)
                           else (UNEXPECTED, repr(exc)))
-        return Outcome(row.row, row.source, key, reason=reason, detail=detail,
+        return Outcome(row.row, row.recorded_source, key, reason=reason, detail=detail,
                        seconds=(time.perf_counter() - start, 0.0))
     return key, data, time.perf_counter() - start
 
@@ -108,12 +108,12 @@ def process_row(task: ShardTask, row: Row, fetched) -> Outcome:
     start = time.perf_counter()
     try:
         processed = process_image(data, task.limits)
-        outcome = Outcome(row.row, row.source, key, processed.jpeg,
+        outcome = Outcome(row.row, row.recorded_source, key, processed.jpeg,
                           _sample_meta(row, key, processed))
     except ImageRejected as exc:
-        outcome = Outcome(row.row, row.source, key, reason=exc.reason, detail=exc.detail)
+        outcome = Outcome(row.row, row.recorded_source, key, reason=exc.reason, detail=exc.detail)
     except Exception as exc:  # one odd file must not take the shard down: record it instead
-        outcome = Outcome(row.row, row.source, key, reason=UNEXPECTED, detail=repr(exc))
+        outcome = Outcome(row.row, row.recorded_source, key, reason=UNEXPECTED, detail=repr(exc))
     outcome.seconds = (fetch_s, time.perf_counter() - start)
     return outcome
 

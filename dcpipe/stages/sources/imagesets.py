@@ -2,8 +2,11 @@
 
 `ImageSet(src)` is one of
 - a shard folder (a `manifest.jsonl` or `*.tar` files in it: ours or img2dataset's), the class
-  being the sample metadata's `label`;
-- an image folder in ImageNet layout (`root/<class>/<file>`), the class being the folder;
+  being read with each shard's label field (`ShardInfo.label_field`: the JSON's `label` unless
+  the shard was adopted with another), a key being `<shard name>/<sample key>` (sample keys
+  are unique only within a shard);
+- an image folder in ImageNet layout (`root/<class>/<file>`), the class being the folder, a key
+  being the file's path relative to the folder (wherever the command runs from);
 - a table (CSV / TSV / JSONL / Parquet / text, as the shard stage reads them) of sources, the
   class being the `label` column.
 Classes are used for measuring only. `batches()` yields `Batch`es in source order whatever the
@@ -22,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dcpipe.shards.manifest import has_manifest
-from dcpipe.shards.reader import ShardReadError, iter_shard, list_shards
+from dcpipe.shards.reader import ShardReadError, iter_shard, list_shards, tar_files
 
 from dcpipe.stages.sources.fetch import FetchError, fetch
 from dcpipe.stages.common import seeds
@@ -31,7 +34,7 @@ from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.common.workererrors import handed_on, raised
 from dcpipe.stages.sources.tables import iter_rows
 
-LABEL_FIELD = "label"
+LABEL_FIELD = "label"  # a table's class column
 
 
 @dataclass
@@ -62,12 +65,13 @@ class Batch:
 
 
 def is_shard_dir(path: Path) -> bool:
-    return path.is_dir() and (has_manifest(path) or any(path.glob("*.tar")))
+    return path.is_dir() and (has_manifest(path) or bool(tar_files(path)))
 
 
 class ImageSet:
-    def __init__(self, src, *, label_field: str = LABEL_FIELD, shard_names=None):
-        """`shard_names`: of a shard folder, only these shards."""
+    def __init__(self, src, *, label_field: str | None = None, shard_names=None):
+        """`shard_names`: of a shard folder, only these shards. `label_field`: where the class
+        is (default: a table's `label` column, each shard's own label field)."""
         self.src = Path(src)
         if not self.src.exists():
             raise FileNotFoundError(f"image set {src} does not exist")
@@ -93,17 +97,18 @@ class ImageSet:
 
     def _row_records(self) -> Iterator[Record]:
         for row in iter_rows(self.src):
-            label = row.label if row.label is not None else row.meta.get(self.label_field)
-            yield Record(row.row, row.key or row.source or f"row{row.row}",
+            label = row.label if row.label is not None else row.meta.get(
+                self.label_field or LABEL_FIELD)
+            yield Record(row.row, row.key or row.recorded_source or f"row{row.row}",
                          None if label is None else str(label), source=row.source,
                          error=row.reject)
 
     def _shard_records(self, shard, offset: int) -> Iterator[Record]:
         row = -1
         try:
-            for row, sample in enumerate(iter_shard(shard.path, shard.sha256)):
-                label = sample.meta.get(self.label_field)
-                yield Record(offset + row, sample.key, None if label is None else str(label),
+            samples = iter_shard(shard.path, shard.sha256, self.label_field or shard.label_field)
+            for row, sample in enumerate(samples):
+                yield Record(offset + row, f"{shard.name}/{sample.key}", sample.label,
                              sample.image, sample.error)
         except ShardReadError as exc:
             # the rest of another tool's broken shard is unreadable: report its remaining rows

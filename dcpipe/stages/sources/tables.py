@@ -3,7 +3,9 @@
 Formats: an image folder (`root/<class>/<file>`), CSV, TSV, JSONL, Parquet, a plain-text list
 (one source per line) and the YFCC100M metadata file (tab separated, no header, 25 or 23
 fields). The format comes from the file name (a `.gz`/`.bz2` suffix is read through), a folder
-is `folder`, and `format=` overrides it. Rows are numbered from 0 in source order; blank lines
+is `folder` (or `webdataset` when `*.tar` files are at its top: a collection written by
+another tool such as img2dataset, which the shard stage adopts whole instead of reading rows),
+and `format=` overrides it. Rows are numbered from 0 in source order; blank lines
 are not rows. A row that is unusable on its own (a YFCC video, an empty source cell, a broken
 JSON line) carries a `reject` reason instead of being dropped, so that every row is accounted.
 
@@ -32,10 +34,12 @@ from pathlib import Path
 from typing import Iterator
 
 from dcpipe.errors import DcpipeError
+from dcpipe.shards.reader import tar_files
 from dcpipe.stages.sources.folders import folder_files
 from dcpipe.stages.sources.yfcc import FIELDS_23, FIELDS_25, parse_yfcc_line
 
-FORMATS = ("folder", "csv", "tsv", "jsonl", "parquet", "text", "yfcc100m")
+FORMATS = ("folder", "csv", "tsv", "jsonl", "parquet", "text", "yfcc100m", "webdataset")
+FOLDER_FORMATS = ("folder", "webdataset")
 _EXTENSIONS = {
     ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
     ".parquet": "parquet", ".pq": "parquet", ".txt": "text", ".lst": "text", ".list": "text",
@@ -62,6 +66,14 @@ class Row:
     reject: str | None = None
     label: str | None = None  # folder class, kept for evaluation only
     detail: str = ""  # why the row is a reject
+    name: str | None = None  # a folder's file: its path inside the folder
+
+    @property
+    def recorded_source(self) -> str | None:
+        """What samples, rejects and the plan record: a folder's file by its path inside the
+        folder (the same wherever the command runs from; the folder is the shard's `source`),
+        any other source as written."""
+        return self.name if self.name is not None else self.source
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,7 @@ def detect_format(src, format=None) -> str:
             raise SourceError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
         return format
     if path.is_dir():
-        return "folder"
+        return "webdataset" if tar_files(path) else "folder"
     name = path.name.lower()
     suffixes = Path(name.removesuffix(".gz").removesuffix(".bz2")).suffixes
     if suffixes and suffixes[-1] in _EXTENSIONS:
@@ -309,9 +321,9 @@ def _iter_folder(root, listing) -> Iterator[Row]:
         if rel.endswith("/"):  # a sub-folder the walk could not list
             yield Row(i, os.path.join(root, rel), label=label, reject="unreadable_folder",
                       detail="could not be listed when walked; its files become new rows "
-                             "once it is readable")
+                             "once it is readable", name=rel)
         else:
-            yield Row(i, os.path.join(root, rel), label=label)
+            yield Row(i, os.path.join(root, rel), label=label, name=rel)
 
 
 def _iter_yfcc(src, cols: Columns, start: int) -> Iterator[Row]:
@@ -356,8 +368,11 @@ def iter_rows(src, format=None, url_col=None, key_col=None, meta_cols=None,
 def _read(src, format, url_col, key_col, meta_cols, listing, start) -> tuple[str, Iterator[Row]]:
     """(format, rows as the format's reader gives them, not yet started)."""
     fmt = detect_format(src, format)
-    if (fmt == "folder") != Path(src).is_dir():
-        raise SourceError(f"{src}: format {fmt} needs a {'folder' if fmt == 'folder' else 'file'}")
+    if (fmt in FOLDER_FORMATS) != Path(src).is_dir():
+        raise SourceError(f"{src}: format {fmt} needs a {'folder' if fmt in FOLDER_FORMATS else 'file'}")
+    if fmt == "webdataset":
+        raise SourceError(f"{src} is a WebDataset collection: its tars are adopted whole "
+                          "(`dcpipe shard --src` does), not read as rows")
     cols = Columns(url_col, key_col, tuple(meta_cols) if meta_cols is not None else None)
     readers = {
         "folder": lambda: _iter_folder(src, listing),
@@ -394,7 +409,7 @@ def row_texts(src, format=None, url_col=None, key_col=None, meta_cols=None,
     if fmt in LINE_FORMATS:
         rows.close()
         return (line if isinstance(line, str) else repr(line) for _, line in _numbered_lines(src))
-    return (repr((r.source, r.key, r.meta, r.label)) for r in rows)
+    return (repr((r.recorded_source, r.key, r.meta, r.label)) for r in rows)
 
 
 def source_id(src) -> str:

@@ -35,15 +35,16 @@ def test_npy_rows_are_the_models_features_in_source_order(shards, model_path, tm
     out = tmp_path / "feats.npy"
     summary = embed(shards, out, model_path=model_path, batch_size=4, workers=0)
     features = np.load(out, allow_pickle=False)
-    samples = [s for info in list_shards(shards) for s in iter_shard(info.path)]
+    samples = [(info.name, s) for info in list_shards(shards) for s in iter_shard(info.path)]
     model = build_model(ModelSpec("small", input_size=32, width=8), seed=1).eval()
-    images = torch.stack([eval_transform(32)(open_rgb(s.image)) for s in samples])
+    images = torch.stack([eval_transform(32)(open_rgb(s.image)) for _, s in samples])
     with torch.no_grad():
         expected = model.embed(images).numpy()
     assert features.dtype == np.float32 and features.shape == (14, 128)
     assert np.allclose(features, expected, atol=1e-5)
     keys = json.loads((tmp_path / "feats.keys.json").read_text())
-    assert keys["keys"] == [s.key for s in samples] and keys["model"]["round"] == 2
+    assert keys["keys"] == [f"{name}/{s.key}" for name, s in samples]  # unique across shards
+    assert keys["model"]["round"] == 2
     assert summary["rows"] == 14 and summary["dim"] == 128
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.keys.json", "feats.npy"]
 
@@ -69,5 +70,6 @@ def test_rerun_replaces_a_store_and_failures_are_listed(tmp_path, model_path):
         summary = embed(tmp_path / "images", out, model_path=model_path, workers=0)
     assert summary["rows"] == 1 and summary["failed"] == 1
     keys = json.loads((out / "keys.json").read_text())
-    assert keys["failed"][0][0].endswith("bad.jpg")
+    assert keys["keys"] == ["x/good.jpg"]  # the path inside the folder, not as typed
+    assert keys["failed"][0][0] == "x/bad.jpg"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

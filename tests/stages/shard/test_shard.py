@@ -113,8 +113,42 @@ def test_folder_growth_numbers_new_files_after_old_ones(tmp_path):
     _photo_folder(root, ["cat/b.jpg"])  # sorts between files already sharded
     stats = shard(root, out, shard_size=2, **QUICK)
     assert stats["shards_written"] == 1 and {k: file_digests(out)[k] for k in before} == before
-    rows = {m["row"]: m["source"][len(str(root)) + 1:] for _, m in collection(out).values()}
+    rows = {m["row"]: m["source"] for _, m in collection(out).values()}
     assert rows == {0: "cat/a.jpg", 1: "cat/c.jpg", 2: "dog/a.jpg", 3: "cat/b.jpg"}
+
+
+def test_a_folder_named_from_another_directory_is_the_same_source(tmp_path, monkeypatch):
+    root = _photo_folder(tmp_path / "photos", ["cat/a.jpg", "dog/b.jpg"])
+    (root / "cat" / "bad.jpg").write_bytes(b"not an image")
+    out = tmp_path / "shards"
+    monkeypatch.chdir(tmp_path)
+    shard("photos", out, shard_size=2, **QUICK)
+    _photo_folder(root, ["dog/c.jpg"])
+    monkeypatch.chdir(root / "cat")
+    stats = shard("../../photos", out, shard_size=2, **QUICK)  # was: "photos was rewritten"
+    assert (stats["shards_skipped"], stats["shards_written"]) == (2, 1)
+    assert {m["source"] for _, m in collection(out).values()} == {"cat/a.jpg", "dog/b.jpg",
+                                                                  "dog/c.jpg"}
+    records = [json.loads(line) for path in sorted(out.glob("*.rejects.jsonl"))
+               for line in path.read_text().splitlines()]
+    assert [r["source"] for r in records] == ["cat/bad.jpg"]
+
+
+def test_a_folder_planned_by_version_1_gets_its_fingerprints_again(tmp_path, monkeypatch):
+    root = _photo_folder(tmp_path / "photos", ["cat/a.jpg", "cat/b.jpg", "dog/c.jpg"])
+    out = tmp_path / "shards"
+    shard(root, out, shard_size=2, **QUICK)
+    plan = json.loads((out / "plan.json").read_text())
+    [entry] = plan["sources"].values()
+    fingerprints = [run["digests"] for run in entry["runs"]]
+    for run in entry["runs"]:  # version 1 hashed the path as typed: here "photos/..."
+        run["digests"] = ["0" * 32] * len(run["digests"])
+    (out / "plan.json").write_text(json.dumps({**plan, "version": 1}))
+    monkeypatch.chdir(tmp_path)
+    assert shard("photos", out, shard_size=2, **QUICK)["shards_skipped"] == 2
+    plan = json.loads((out / "plan.json").read_text())
+    [entry] = plan["sources"].values()
+    assert plan["version"] == 2 and [run["digests"] for run in entry["runs"]] == fingerprints
 
 
 def test_nodes_write_disjoint_shards_then_one_run_records_them(server, tmp_path):
