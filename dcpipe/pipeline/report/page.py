@@ -114,7 +114,7 @@ def summary_section(records) -> Section:
     return Section("Rounds", table=_table(header, rows))
 
 
-def _seconds(value) -> str:
+def _seconds(value) -> str:  # (also images/s)
     return "-" if value is None else f"{value:.1f}"
 
 
@@ -123,7 +123,7 @@ def timings_section(summary: dict, records) -> Section:
     shown = {r.round for r in records}
     rows = [[rd["round"], _seconds((rd["cluster"] or {}).get("seconds")),
              _seconds((rd["train"] or {}).get("seconds")),
-             _fmt((rd["train"] or {}).get("images_per_s"))]
+             _seconds((rd["train"] or {}).get("images_per_s"))]
             for rd in summary["rounds"] if rd["round"] in shown and (rd["cluster"] or rd["train"])]
     if not rows:
         return Section("Stage timings", note="No round has been clustered or trained yet.")
@@ -165,20 +165,28 @@ def nmi_section(records) -> Section:
     return section
 
 
-def loss_section(records) -> Section:
-    trained = [r for r in records if r.train and r.train.get("loss_curve")]
-    if not trained:
-        return Section("Training loss", note="No round has been trained yet.")
+def loss_curves(records) -> tuple[dict, tuple]:
+    """Each trained round's loss over its steps, rounds end to end, and ln k (the loss of a
+    uniform guess over the round's k clusters) as one line with a gap between rounds."""
     series, uniform, offset = {}, ([], []), 0
-    for r in trained:  # rounds end to end: steps counted from the first trained round
+    for r in records:
+        if not (r.train and r.train.get("loss_curve")):
+            continue
         steps, losses = zip(*r.train["loss_curve"])
         end = offset + (r.train.get("steps") or max(steps))
         series[f"round {r.round}"] = ([offset + s for s in steps], list(losses))
         k = (r.clusters or {}).get("k")
-        if k:  # a segment over the round's steps, a gap before the next round's
+        if k:
             uniform[0].extend([offset, end, end])
             uniform[1].extend([math.log(k), math.log(k), None])
         offset = end
+    return series, uniform
+
+
+def loss_section(records) -> Section:
+    series, uniform = loss_curves(records)
+    if not series:
+        return Section("Training loss", note="No round has been trained yet.")
     png = plots.curves_plot(series, title="Training loss", ylabel="cross-entropy",
                             xlabel="step (rounds end to end)",
                             references={"ln k: a uniform guess": uniform})

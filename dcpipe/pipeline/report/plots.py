@@ -88,5 +88,5 @@ def filters_plot(filters: np.ndarray, *, title: str, max_filters: int = 96) -> b
             f = filters[i]
             ax.imshow(f[..., 0] if f.shape[-1] == 1 else f, cmap="gray", vmin=0, vmax=1,
                       interpolation="nearest")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=12)
     return _png(fig)
