@@ -3,8 +3,8 @@
 Exit codes: 0 done, 1 a bug (with its traceback), 2 something the user must act on (a
 DcpipeError: bad config, flags or sources, missing round, a store made otherwise, a refused
 file, no room on the disk, ...), 75 workspace busy (another dcpipe command holds its lock;
-cron: try again later), 130 interrupted (Ctrl-C). A command that holds the lock first removes the temp files of killed
-or failed writers (shards/atomic.py).
+cron: try again later), 130 interrupted (Ctrl-C). A command that holds the lock first removes
+the temp files of killed or failed writers (shards/atomic.py).
 """
 
 import json
