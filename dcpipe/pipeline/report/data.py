@@ -145,7 +145,8 @@ def sample_clusters(shards_dir: Path, labels_dir: Path, sizes: np.ndarray, *, cl
     """Reads at most `max_shards` shards (seeded) once: a seeded uniform sample of the images of
     the largest and smallest clusters (a reservoir per cluster over every member read, so shard
     order, e.g. class by class, does not decide what is shown) and the cluster x class counts."""
-    names = some_shards([s["name"] for s in read_index(labels_dir)["shards"]], max_shards, seed)
+    every = [s["name"] for s in read_index(labels_dir)["shards"]]
+    names = some_shards(every, max_shards, seed)
     available = np.zeros(len(sizes), dtype=np.int64)
     for name in names:
         labels = load_labels(labels_dir, name)[1]
@@ -160,7 +161,7 @@ def sample_clusters(shards_dir: Path, labels_dir: Path, sizes: np.ndarray, *, cl
             _read_members(tars[name], dict(zip(keys, labels.tolist())), reservoirs, pairs)
     shown = [ClusterExamples(c, int(sizes[c]), _examples(r.items)) for c, r in reservoirs.items()]
     classes, composition = _composition(pairs, len(sizes))
-    return ClusterSample(shown, classes, composition, len(names), len(read_index(labels_dir)["shards"]))
+    return ClusterSample(shown, classes, composition, len(names), len(every))
 
 
 def _read_members(tar: Path, cluster_of: dict, reservoirs: dict, pairs: list) -> None:

@@ -260,13 +260,15 @@ def composition_section(round_index: int, found: ClusterSample, opts: Options) -
     rows = [[c, counts[c].sum(), *counts[c, kept], *([counts[c, rest].sum()] if rest else []),
              _fmt(purity(counts[c:c + 1]))] for c in order]
     chance = chance_baselines(counts, opts.seed)
-    note = (f"Round {round_index}, samples of {_read_note(found)}; {len(order)} of "
-            f"{int((counts.sum(axis=1) > 0).sum())} clusters (the largest). Purity {chance['purity']:.3f}"
-            f" and NMI {chance['nmi']:.3f} of these clusters; chance baselines, the same cluster "
-            f"sizes with members drawn at random: purity {chance['random_purity']:.3f}, NMI "
+    nonempty = int((counts.sum(axis=1) > 0).sum())
+    note = (f"Round {round_index}, samples of {_read_note(found)}; {len(order)} of {nonempty} "
+            f"clusters (the largest). Purity {chance['purity']:.3f} and NMI {chance['nmi']:.3f} "
+            f"of these clusters; chance baselines, the same cluster sizes with members drawn "
+            f"at random: purity {chance['random_purity']:.3f}, NMI "
             f"{chance['random_nmi']:.3f}; the most common class holds "
             f"{chance['majority_share']:.3f} of the samples.")
-    return Section("Cluster composition", table=f"<p>{html.escape(note)}</p>" + _table(header, rows))
+    return Section("Cluster composition",
+                   table=f"<p>{html.escape(note)}</p>" + _table(header, rows))
 
 
 def compared_models(records, random_seed: int) -> dict:
