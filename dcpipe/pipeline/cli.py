@@ -437,4 +437,5 @@ def report_command(ctx, output, round_list):
     chosen = [int(x) for x in round_list.split(",")] if round_list else None
     path = report(ws, output or ws.report_dir, rounds=chosen, random_seed=ws.config().seed,
                   progress=ctx.obj["progress"])
-    click.echo(f"wrote {path}")
+    if ctx.obj["progress"]:
+        click.echo(f"wrote {path}")

@@ -24,6 +24,7 @@ from dcpipe.pipeline.report.data import read_rounds
 from dcpipe.pipeline.report.page import loss_curves, report
 from dcpipe.shards.reader import iter_shard, list_shards
 from dcpipe.stages.common.labels import load_labels
+from support.cli import dcpipe
 from support.tiny_shards import add_shard
 from support.sample_shards import make_collection
 
@@ -196,3 +197,12 @@ def test_missing_parts_are_explained(tmp_path):
                  "No eval.json"):
         assert note in text
     assert [p.name for p in (tmp_path / "out").glob("*.png")] == ["nmi.png"]
+
+
+def test_dcpipe_report_shows_progress_unless_quiet(tmp_path):
+    add_shard(tmp_path / "shards", 0, n=3)
+    loud = dcpipe(tmp_path, "report")
+    assert loud.returncode == 0 and "report: 100%" in loud.stderr
+    assert loud.stdout.strip() == f"wrote {tmp_path / 'report' / 'index.html'}"
+    quiet = dcpipe(tmp_path, "-q", "report")
+    assert quiet.returncode == 0 and (quiet.stdout, quiet.stderr) == ("", "")
