@@ -293,8 +293,8 @@ def train(ctx, r, arch, input_size, sobel, as_json, **flags):
 
 
 @main.command()
-@click.option("--rounds", "n_rounds", type=click.IntRange(min=1), required=True,
-              help="Rounds 0..N-1 are made complete.")
+@click.option("--rounds", "n_rounds", type=click.IntRange(min=0), required=True,
+              help="Rounds 0..N-1 are made complete (0: only sweep a killed writer's temp files).")
 @handled(locked=True)
 def run(ctx, n_rounds):
     """Do whatever is missing up to round N-1, then exit (call it from cron)."""
