@@ -5,8 +5,9 @@ README ("dcpipe status --json") and only ever extended, never renamed.
 """
 
 from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
 
-from dcpipe.pipeline.workspace import STEPS, RoundDir, Workspace
+from dcpipe.pipeline.workspace import STEPS, RoundDir, Workspace, WorkspaceError
 from dcpipe.shards.atomic import read_json
 from dcpipe.shards.manifest import load_manifest
 from dcpipe.shards.reader import foreign_tars
@@ -14,6 +15,10 @@ from dcpipe.shards.reader import foreign_tars
 CLUSTER_KEYS = ("k", "method", "seed", "n_samples", "nmi_prev", "nmi_true", "ari_true", "acc_true",
                 "sizes", "empty_before_fix", "seconds")
 TRAIN_KEYS = ("steps", "samples", "final_loss", "resumed_from_step")
+try:
+    VERSION = version("dcpipe")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    VERSION = "unknown"
 
 
 def _shards_summary(ws: Workspace) -> dict:
@@ -49,8 +54,18 @@ def _round_summary(d: RoundDir) -> dict:
             "train": _train_summary(read_json(d.train_record))}
 
 
+def check_workspace(ws: Workspace) -> None:
+    """Refuses a folder that is no workspace (none of dcpipe.toml, shards/, rounds/: a typo in
+    -w, say) and a config that does not load, rather than report an empty workspace."""
+    if not any(p.exists() for p in (ws.config_path, ws.shards_dir, ws.rounds_dir)):
+        raise WorkspaceError(f"{ws.root} is not a dcpipe workspace (no dcpipe.toml, shards/ or "
+                             "rounds/): pass -w DIR, or run `dcpipe init` there")
+    ws.config()
+
+
 def collect(ws: Workspace) -> dict:
-    return {"workspace": str(ws.root), "config": str(ws.config_path) if ws.config_path.exists() else None,
+    return {"version": VERSION, "workspace": str(ws.root),
+            "config": str(ws.config_path) if ws.config_path.exists() else None,
             "collection": _shards_summary(ws),
             "rounds": [_round_summary(d) for d in ws.rounds()]}
 

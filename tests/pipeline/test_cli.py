@@ -1,14 +1,21 @@
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import click
+import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from dcpipe.pipeline.cli import handled
+from dcpipe.pipeline.config import template
+from dcpipe.pipeline.lock import workspace_lock
 from dcpipe.pipeline.workspace import Workspace, WorkspaceError
-from support.cli import dcpipe
+from support.cli import DCPIPE, dcpipe, dcpipe_args
 from support.tiny_shards import add_shard
+from support.workspaces import tiny_workspace
 
 
 def test_status_json_has_the_documented_keys(tmp_path):
@@ -17,7 +24,7 @@ def test_status_json_has_the_documented_keys(tmp_path):
     out = dcpipe(tmp_path, "status", "--json")
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
-    assert set(status) == {"workspace", "config", "collection", "rounds"}
+    assert set(status) == {"version", "workspace", "config", "collection", "rounds"}
     assert status["collection"] == {"shards": 2, "rows": 7, "samples": 5, "rejected": 2,
                                     "rejects_by_reason": {"http_404": 2}, "bytes": status["collection"]["bytes"],
                                     "foreign_tars": 0}
@@ -79,3 +86,115 @@ def test_a_bug_exits_1_with_its_traceback_not_as_bad_input(tmp_path):
 
     result = CliRunner().invoke(refused, obj={"ws": Workspace(tmp_path)})
     assert result.exit_code == 2 and "round 3 has no labels" in result.output
+
+
+# ---------------------------------------------------------------- conventions of click apps
+def test_version_flag_and_status_json_name_the_same_version(tmp_path):
+    add_shard(tmp_path / "shards", 0)
+    out = dcpipe_args("--version")
+    assert out.returncode == 0 and out.stdout.startswith("dcpipe, version ")
+    version = out.stdout.split()[-1]
+    assert json.loads(dcpipe(tmp_path, "status", "--json").stdout)["version"] == version
+
+
+def test_workspace_and_quiet_flags_work_after_the_subcommand(tmp_path):
+    add_shard(tmp_path / "ws" / "shards", 0, n=3)
+    out = dcpipe_args("status", "--json", "-w", str(tmp_path / "ws"), "-q")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["collection"]["samples"] == 3
+    folder = tmp_path / "images" / "cat"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "a.jpg")
+    shard = dcpipe_args("shard", "--src", str(tmp_path / "images"), "--workers", "1", "-q",
+                        "--workspace", str(tmp_path / "ws"))
+    assert shard.returncode == 0, shard.stderr
+    assert (shard.stdout, shard.stderr) == ("", "")  # -q after the name: no bar, no summary
+    assert json.loads(dcpipe(tmp_path / "ws", "status", "--json").stdout)["collection"]["samples"] == 4
+
+
+def test_every_help_shows_the_defaults_it_overrides():
+    commands = ("init", "shard", "extract", "cluster", "train", "run", "status", "verify",
+                "demo", "eval", "embed", "report")
+    helps = {name: dcpipe_args(name, "--help").stdout for name in commands}
+    assert all("-w, --workspace" in text and "-q, --quiet" in text for text in helps.values())
+    flat = {name: " ".join(text.split()) for name, text in helps.items()}
+    assert "--k INTEGER RANGE Number of clusters. [default: (dcpipe.toml, else 100 for " \
+           "deepcluster, 300 for deepcluster-v2); 1<=x<=1000000]" in flat["cluster"]
+    assert "[default: (dcpipe.toml, else 256); 1<=x<=16384]" in flat["shard"]  # --image-size
+    assert "[default: (dcpipe.toml, else 200); 1<=x<=" in flat["train"]  # --checkpoint-every
+    assert "--knn-k INTEGER RANGE [default: 20; 1<=x<=10000]" in flat["eval"]
+    assert "--rounds INTEGER RANGE [default: 6; x>=1]" in flat["demo"]
+
+
+@pytest.mark.parametrize("args, flag", [
+    (("cluster", "--round", "0", "--pca-dim", "5000"), "'--pca-dim': 5000 is not in the range"),
+    (("train", "--round", "0", "--lr", "0"), "'--lr': 0.0 is not in the range 0<x<=100"),
+    (("shard", "--src", "list.csv", "--format", "folders"), "'--format': 'folders' is not one of"),
+    (("cluster", "--round", "-1"), "'--round': -1 is not in the range x>=0"),
+    (("eval", "--round", "-1", "--train", "a", "--test", "b"), "'--round': -1 is not in the range"),
+    (("eval", "--train", "a", "--test", "b", "--knn-k", "0"), "'--knn-k': 0 is not in the range"),
+    (("shard", "--src", "list.csv"), "with --url-col (url_col= from Python) (columns: name)"),
+    (("shard", "--src", "list.csv", "--url-col", "link"), "missing column(s) link named by --url-col"),
+])
+def test_bad_flags_exit_2_naming_the_flag(tmp_path, args, flag):
+    (tmp_path / "list.csv").write_text("name\na.jpg\n")
+    out = subprocess.run([DCPIPE, "-w", str(tmp_path), *args], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and flag in " ".join(out.stderr.split()), out.stderr
+
+
+def test_status_of_a_missing_workspace_or_a_bad_config_exits_2(tmp_path):
+    missing = dcpipe(tmp_path / "nowhere", "status")
+    assert missing.returncode == 2 and "is not a dcpipe workspace" in missing.stderr
+    (tmp_path / "dcpipe.toml").write_text("[cluster]\nk = 0\n")
+    bad = dcpipe(tmp_path, "status", "--json")
+    assert bad.returncode == 2 and "k must be in [1, 1000000], got 0" in bad.stderr
+
+
+def test_ctrl_c_exits_130_and_frees_the_workspace(tmp_path):
+    ws = tiny_workspace(tmp_path / "ws")
+    run = subprocess.Popen([DCPIPE, "-w", str(ws), "run", "--rounds", "1000"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (ws / "rounds" / "0000").exists():  # a round has begun: the command is busy
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    with workspace_lock(ws / ".lock"):  # free: the interrupted command let go of it
+        pass
+
+
+def test_quiet_means_silent_and_json_only_when_asked(tmp_path):
+    ws = tiny_workspace(tmp_path / "ws", per_shard=20)  # 40 rows, k = 4: faiss would warn
+    loud = dcpipe(ws, "cluster", "--round", "0")
+    assert loud.returncode == 0, loud.stderr
+    assert "faiss advises at least 156 rows" in loud.stderr
+    assert loud.stdout.startswith("k 4, n_samples 40") and "{" not in loud.stdout
+    quiet = dcpipe(ws, "-q", "cluster", "--round", "0")
+    assert quiet.returncode == 0 and (quiet.stdout, quiet.stderr) == ("", "")
+    asked = dcpipe(ws, "-q", "cluster", "--round", "0", "--json")
+    assert asked.stderr == "" and json.loads(asked.stdout)["k"] == 4
+
+
+def test_embed_and_eval_show_progress_unless_quiet(tmp_path):
+    ws = tiny_workspace(tmp_path / "ws", n_shards=1, per_shard=12)
+    shards, out = str(ws / "shards"), str(tmp_path / "f.npy")
+    embed = dcpipe(ws, "embed", shards, "-o", out)
+    assert embed.returncode == 0 and "embed: 100%" in embed.stderr and "12/12" in embed.stderr
+    quiet = dcpipe(ws, "-q", "embed", shards, "-o", out)
+    assert quiet.returncode == 0 and (quiet.stdout, quiet.stderr) == ("", "")
+    flags = ("eval", "--train", shards, "--test", shards, "--protocols", "knn", "--knn-k", "3")
+    evaluated = dcpipe(ws, *flags)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"eval {shards}: 100%" in evaluated.stderr
+    assert dcpipe(ws, "-q", *flags).stderr == ""
+
+
+def test_init_writes_the_commented_defaults_and_says_what_to_run_next(tmp_path):
+    out = dcpipe(tmp_path, "init", "--method", "deepcluster")
+    assert out.returncode == 0
+    assert out.stdout.splitlines()[-1].startswith("next: dcpipe shard --src")
+    assert (tmp_path / "dcpipe.toml").read_text() == template("deepcluster")

@@ -1,8 +1,9 @@
 """What the report shows, read from a workspace with bounded memory.
 
 Per round: clusters.json, train.json, eval.json (each may be missing). From the label shard
-index: cluster sizes (one bincount per shard) and sample images of a few clusters (shards are
-streamed in order and reading stops once every chosen cluster has its images). Nearest
+index: cluster sizes (one bincount per shard). From a seeded subset of the shards, read once:
+a seeded uniform sample of the images of the largest and smallest clusters and the cluster x
+class counts (where the shards carry a true `label`). Nearest
 neighbours: a seeded uniform subset of the collection embedded by two models in one pass.
 """
 
@@ -15,13 +16,14 @@ import torch
 from PIL import Image
 
 from dcpipe.pipeline.workspace import RoundDir, Workspace
-from dcpipe.shards.reader import iter_shard, list_shards
+from dcpipe.shards.reader import ShardInfo, iter_shard, list_shards
 
 from dcpipe.stages.common import seeds
 from dcpipe.stages.common.activations import conv_blocks
 from dcpipe.stages.sources.imagesets import ImageSet
 from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.labels import load_labels, read_index
+from dcpipe.stages.common.metrics import nmi
 from dcpipe.stages.common.models import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.evaluate.probes import l2_normalise
@@ -93,6 +95,16 @@ class ClusterExamples:
     examples: list = field(default_factory=list)
 
 
+@dataclass
+class ClusterSample:
+    """What the shards read say about a round's clusters."""
+    shown: list  # ClusterExamples of the largest and smallest clusters, largest first
+    classes: list  # true class names (the columns of `composition`), [] when unlabelled
+    composition: np.ndarray  # (k, classes) samples of cluster c and class j among those read
+    shards_read: int
+    shards_total: int
+
+
 def some_shards(names: list, max_shards: int, seed: int) -> list:
     """At most `max_shards` of the names, drawn at random (seeded), in collection order: what
     the report reads stays bounded however large the collection, and a collection sharded class
@@ -103,51 +115,85 @@ def some_shards(names: list, max_shards: int, seed: int) -> list:
     return [names[i] for i in sorted(picked)]
 
 
-def choose_clusters(available: np.ndarray, count: int, per_cluster: int, seed: int) -> list[int]:
-    """`count` clusters at random (seeded) among those with `per_cluster` images available,
-    topped up with the best-provided others if too few have that many."""
-    full = np.flatnonzero(available >= per_cluster)
-    chosen = seeds.rng(seed, 0, Domain.REPORT_SAMPLE, 1).choice(full, min(count, len(full)),
-                                                                 replace=False)
-    others = [c for c in np.argsort(-available, kind="stable") if available[c] and c not in chosen]
-    return [int(c) for c in [*chosen, *others][:count]]
+def largest_and_smallest(sizes: np.ndarray, available: np.ndarray, count: int) -> list[int]:
+    """The `count` clusters shown: half the largest, half the smallest of those with an image
+    among the shards read (ties by cluster id), largest first."""
+    ranked = [int(c) for c in np.lexsort((np.arange(len(sizes)), -sizes)) if available[c]]
+    if len(ranked) <= count:
+        return ranked
+    return ranked[:(count + 1) // 2] + ranked[len(ranked) - count // 2:]
 
 
-def cluster_examples(shards_dir: Path, labels_dir: Path, sizes: np.ndarray, *, clusters: int,
-                     per_cluster: int, seed: int, max_shards: int = 32) -> list[ClusterExamples]:
-    """Images of a few clusters from at most `max_shards` shards, shown largest cluster first."""
-    names = some_shards([s["name"] for s in read_index(labels_dir)["shards"]], max_shards, seed)
+class Reservoir:
+    """A uniform random sample of `size` items from a stream of unknown length (Algorithm R)."""
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        self.size, self.rng, self.seen, self.items = size, rng, 0, []
+
+    def offer(self, item) -> None:
+        if len(self.items) < self.size:
+            self.items.append(item)
+        else:
+            slot = self.rng.integers(self.seen + 1)
+            if slot < self.size:
+                self.items[slot] = item
+        self.seen += 1
+
+
+def sample_clusters(shards_dir: Path, labels_dir: Path, sizes: np.ndarray, *, clusters: int,
+                    per_cluster: int, seed: int, max_shards: int = 32) -> ClusterSample:
+    """Reads at most `max_shards` shards (seeded) once: a seeded uniform sample of the images of
+    the largest and smallest clusters (a reservoir per cluster over every member read, so shard
+    order, e.g. class by class, does not decide what is shown) and the cluster x class counts."""
+    every = [s["name"] for s in read_index(labels_dir)["shards"]]
+    names = some_shards(every, max_shards, seed)
     available = np.zeros(len(sizes), dtype=np.int64)
     for name in names:
         labels = load_labels(labels_dir, name)[1]
         available += np.bincount(labels[labels >= 0], minlength=len(sizes))[:len(sizes)]
-    picked = sorted(choose_clusters(available, clusters, per_cluster, seed), key=lambda c: -sizes[c])
-    chosen = {c: ClusterExamples(c, int(sizes[c])) for c in picked}
-    tars = {s.name: s.path for s in list_shards(shards_dir)}
+    reservoirs = {c: Reservoir(per_cluster, seeds.rng(seed, 0, Domain.REPORT_SAMPLE, 3, c))
+                  for c in largest_and_smallest(sizes, available, clusters)}
+    pairs = []  # (cluster, true class) of every labelled sample read
+    tars = {s.name: s for s in list_shards(shards_dir)}
     for name in names:
-        wanted = [c for c, ex in chosen.items() if len(ex.examples) < per_cluster]
-        if not wanted:
-            break
-        keys, labels = load_labels(labels_dir, name)
-        rows = np.flatnonzero(np.isin(labels, wanted))
-        if len(rows) and name in tars:
-            _collect(tars[name], {keys[i]: int(labels[i]) for i in rows}, chosen, per_cluster)
-    return list(chosen.values())
+        if name in tars:
+            keys, labels = load_labels(labels_dir, name)
+            _read_members(tars[name], dict(zip(keys, labels.tolist())), reservoirs, pairs)
+    shown = [ClusterExamples(c, int(sizes[c]), _examples(r.items)) for c, r in reservoirs.items()]
+    classes, composition = _composition(pairs, len(sizes))
+    return ClusterSample(shown, classes, composition, len(names), len(every))
 
 
-def _collect(tar: Path, cluster_of: dict, chosen: dict, per_cluster: int) -> None:
-    for sample in iter_shard(tar):
-        c = cluster_of.get(sample.key)
-        if c is None or sample.image is None or len(chosen[c].examples) >= per_cluster:
+def _read_members(shard: ShardInfo, cluster_of: dict, reservoirs: dict, pairs: list) -> None:
+    for sample in iter_shard(shard.path, shard.sha256, shard.label_field):
+        c = cluster_of.get(sample.key, -1)
+        if c < 0:
             continue
+        label = sample.label
+        if label is not None:
+            pairs.append((c, str(label)))
+        if c in reservoirs and sample.image is not None:
+            reservoirs[c].offer((sample.image, label))
+
+
+def _examples(items: list) -> list:
+    """The sampled (image bytes, label) as thumbnails; an undecodable image is left out."""
+    examples = []
+    for data, label in items:
         try:
-            image = thumbnail(open_rgb(sample.image))
+            image = thumbnail(open_rgb(data))
         except BadImage:
             continue
-        label = sample.meta.get("label")
-        chosen[c].examples.append(Example(image, None if label is None else str(label)))
-        if all(len(ex.examples) >= per_cluster for ex in chosen.values()):
-            return
+        examples.append(Example(image, None if label is None else str(label)))
+    return examples
+
+
+def _composition(pairs: list, k: int) -> tuple[list, np.ndarray]:
+    classes = sorted({label for _, label in pairs})
+    column = {name: j for j, name in enumerate(classes)}
+    cluster_of = np.array([c for c, _ in pairs], dtype=np.int64)
+    class_of = np.array([column[label] for _, label in pairs], dtype=np.int64)
+    return classes, contingency_of(cluster_of, class_of, (k, len(classes)))
 
 
 def to_uint8(images: torch.Tensor, px: int = THUMB_PX) -> np.ndarray:
@@ -226,3 +272,27 @@ def _compose_with_sobel(weight: torch.Tensor, sobel: torch.Tensor) -> torch.Tens
         padded = torch.nn.functional.pad(weight[:, c:c + 1], (2, 2, 2, 2))
         composed += torch.nn.functional.conv2d(padded, sobel[c:c + 1].flip(-1, -2))
     return composed
+
+
+def purity(composition: np.ndarray) -> float:
+    """Share of the samples in their cluster's most common class."""
+    return float(composition.max(axis=1).sum() / composition.sum())
+
+
+def chance_baselines(composition: np.ndarray, seed: int) -> dict:
+    """What the same cluster sizes would score with members drawn at random (seeded), and the
+    share of the most common class (the purity of one cluster holding everything)."""
+    clusters, classes = np.nonzero(composition)
+    counts = composition[clusters, classes]
+    cluster_of, class_of = np.repeat(clusters, counts), np.repeat(classes, counts)
+    shuffled = seeds.rng(seed, 0, Domain.REPORT_SAMPLE, 4).permutation(class_of)
+    return {"purity": purity(composition), "nmi": nmi(cluster_of, class_of),
+            "random_purity": purity(contingency_of(cluster_of, shuffled, composition.shape)),
+            "random_nmi": nmi(cluster_of, shuffled),
+            "majority_share": float(composition.sum(axis=0).max() / composition.sum())}
+
+
+def contingency_of(a: np.ndarray, b: np.ndarray, shape: tuple) -> np.ndarray:
+    table = np.zeros(shape, dtype=np.int64)
+    np.add.at(table, (a, b), 1)
+    return table

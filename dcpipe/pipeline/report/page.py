@@ -1,28 +1,36 @@
 """`dcpipe report`: one self-contained HTML page about a workspace's rounds, plus its PNG plots.
 
 The page embeds every figure as a base64 data URI (it opens anywhere, offline) and the same
-figures are written beside it as PNG files. Sections: rounds summary, NMI over rounds (against
-true labels where the shards carry them, and against the previous round), training loss,
-cluster-size distribution, sample images of a few clusters, nearest neighbours of a few query
-images with the random and the trained network side by side, first-layer filters, and the eval
-results (eval.json of a round). A section whose data is missing says so instead.
+figures are written beside it as PNG files. Sections: rounds summary, stage timings, the
+collection's rejects by reason, NMI over rounds (against true labels where the shards carry
+them, and against the previous round), training loss (with ln k, the loss of a uniform guess),
+cluster-size distribution, a random sample of the images of the largest and smallest clusters,
+each cluster's class composition with chance baselines (where labels are known), nearest
+neighbours of a few query images with the random and the trained network, first-layer
+filters, and the eval results (eval.json of a round, with the gain over the random init).
+A section whose data is missing says so instead.
 """
 
 import base64
 import html
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcpipe.shards.atomic import atomic_write_bytes
+from tqdm import tqdm
 
+from dcpipe.pipeline import status
 from dcpipe.pipeline.report import plots as plots
-from dcpipe.stages.evaluate.table import model_label, result_rows
+from dcpipe.pipeline.report.data import (ClusterSample, chance_baselines, cluster_sizes,
+                                         first_layer_filters, nearest_neighbours, purity,
+                                         read_rounds, sample_clusters)
 from dcpipe.pipeline.workspace import Workspace
+from dcpipe.shards.atomic import atomic_write_bytes
 from dcpipe.stages.common.models import load_model, random_init
 from dcpipe.stages.common.modelspec import ModelSpec
-from dcpipe.pipeline.report.data import (cluster_examples, cluster_sizes, first_layer_filters,
-                         nearest_neighbours, read_rounds)
+from dcpipe.stages.evaluate.table import (compared_rows, format_gain, model_label,
+                                         result_rows)
 
 SUMMARY_COLUMNS = (("k", "k"), ("n_samples", "images"), ("nmi_true", "NMI vs labels"),
                    ("nmi_prev", "NMI vs previous"), ("acc_true", "ACC vs labels"),
@@ -40,7 +48,7 @@ class Section:
 
 @dataclass
 class Options:
-    clusters_shown: int = 6
+    clusters_shown: int = 6  # half the largest, half the smallest
     images_per_cluster: int = 8
     nn_pool: int = 1000
     nn_queries: int = 5
@@ -49,18 +57,25 @@ class Options:
     random_seed: int = 0
     seed: int = 0
     workers: int = 0
+    composition_rows: int = 40  # clusters in the composition table (the largest)
+    composition_classes: int = 20  # classes in it (the most common; the rest summed)
 
 
-def report(ws: Workspace, out_dir, *, rounds=None, **options) -> Path:
+def report(ws: Workspace, out_dir, *, rounds=None, progress: bool = False, **options) -> Path:
     """Writes out_dir/index.html and its PNGs; returns the HTML path. `options`: see Options."""
     out_dir = Path(out_dir)
     opts = Options(**options)
     records = read_rounds(ws, rounds)
+    summary = status.collect(ws)
     models = compared_models(records, opts.random_seed)
-    sections = [summary_section(records), nmi_section(records), loss_section(records),
-                sizes_section(records), examples_section(ws, records, opts),
-                neighbours_section(ws, models, opts), filters_section(models),
-                eval_section(records)]
+    makers = [lambda: [summary_section(records)], lambda: [timings_section(summary, records)],
+              lambda: [rejects_section(summary)], lambda: [nmi_section(records)],
+              lambda: [loss_section(records)], lambda: [sizes_section(records)],
+              lambda: clusters_sections(ws, records, opts),
+              lambda: [neighbours_section(ws, models, opts)], lambda: [filters_section(models)],
+              lambda: [eval_section(records)]]
+    sections = [s for make in tqdm(makers, desc="report", unit="section", disable=not progress)
+                for s in make()]
     written = []
     for section in sections:
         for name, png, _ in section.figures:
@@ -99,6 +114,36 @@ def summary_section(records) -> Section:
     return Section("Rounds", table=_table(header, rows))
 
 
+def _seconds(value) -> str:  # (also images/s)
+    return "-" if value is None else f"{value:.1f}"
+
+
+def timings_section(summary: dict, records) -> Section:
+    """What each step of each round took (as recorded by the cluster and train steps)."""
+    shown = {r.round for r in records}
+    rows = [[rd["round"], _seconds((rd["cluster"] or {}).get("seconds")),
+             _seconds((rd["train"] or {}).get("seconds")),
+             _seconds((rd["train"] or {}).get("images_per_s"))]
+            for rd in summary["rounds"] if rd["round"] in shown and (rd["cluster"] or rd["train"])]
+    if not rows:
+        return Section("Stage timings", note="No round has been clustered or trained yet.")
+    return Section("Stage timings", table=_table(
+        ["round", "cluster s (after extract)", "train s (all runs)", "train images/s"], rows))
+
+
+def rejects_section(summary: dict) -> Section:
+    c = summary["collection"]
+    if not c["rows"]:
+        return Section("Collection", note="No shards yet: run `dcpipe shard --src ...`.")
+    section = Section("Collection", table=_table(
+        ["shards", "input rows", "samples", "rejected"],
+        [[c["shards"], c["rows"], c["samples"], c["rejected"]]]))
+    if c["rejects_by_reason"]:
+        section.table += _table(["reject reason (docs/shard.md)", "rows"],
+                                list(c["rejects_by_reason"].items()))
+    return section
+
+
 def nmi_section(records) -> Section:
     clustered = [r for r in records if r.clusters]
     section = Section("NMI over rounds")
@@ -120,19 +165,35 @@ def nmi_section(records) -> Section:
     return section
 
 
-def loss_section(records) -> Section:
-    trained = [r for r in records if r.train and r.train.get("loss_curve")]
-    if not trained:
-        return Section("Training loss", note="No round has been trained yet.")
-    series, offset = {}, 0
-    for r in trained:  # rounds end to end: steps counted from the first trained round
+def loss_curves(records) -> tuple[dict, tuple]:
+    """Each trained round's loss over its steps, rounds end to end, and ln k (the loss of a
+    uniform guess over the round's k clusters) as one line with a gap between rounds."""
+    series, uniform, offset = {}, ([], []), 0
+    for r in records:
+        if not (r.train and r.train.get("loss_curve")):
+            continue
         steps, losses = zip(*r.train["loss_curve"])
+        end = offset + (r.train.get("steps") or max(steps))
         series[f"round {r.round}"] = ([offset + s for s in steps], list(losses))
-        offset += r.train.get("steps") or max(steps)
+        k = (r.clusters or {}).get("k")
+        if k:
+            uniform[0].extend([offset, end, end])
+            uniform[1].extend([math.log(k), math.log(k), None])
+        offset = end
+    return series, uniform
+
+
+def loss_section(records) -> Section:
+    series, uniform = loss_curves(records)
+    if not series:
+        return Section("Training loss", note="No round has been trained yet.")
     png = plots.curves_plot(series, title="Training loss", ylabel="cross-entropy",
-                            xlabel="step (rounds end to end)")
+                            xlabel="step (rounds end to end)",
+                            references={"ln k: a uniform guess": uniform})
     return Section("Training loss", figures=[("loss.png", png, "Loss over the training steps "
-                   "of each round (each round trains a fresh top layer on new clusters)")])
+                   "of each round (each round trains a fresh top layer on new clusters); dashed: "
+                   "ln k, the loss of a uniform guess over the round's k clusters: a loss "
+                   "below it is something learned")])
 
 
 def _labelled(records):
@@ -149,23 +210,65 @@ def sizes_section(records) -> Section:
                    "Images per cluster, clusters sorted by size (log scale)")])
 
 
-def examples_section(ws: Workspace, records, opts: Options) -> Section:
+def clusters_sections(ws: Workspace, records, opts: Options) -> list[Section]:
+    """The last labelled round's clusters: sample images, and class composition where known."""
     labelled = _labelled(records)
     if not labelled:
-        return Section("Clusters", note="No round has labels yet.")
+        return [Section("Clusters", note="No round has labels yet.")]
     last = labelled[-1]
-    labels_dir = last.dir.labels
-    found = cluster_examples(ws.shards_dir, labels_dir, cluster_sizes(labels_dir),
-                             clusters=opts.clusters_shown, per_cluster=opts.images_per_cluster,
-                             seed=opts.seed, max_shards=opts.max_shards)
-    rows = [(f"cluster {c.cluster}\n({c.size} images)",
-             [(e.image, e.caption) for e in c.examples]) for c in found if c.examples]
+    found = sample_clusters(ws.shards_dir, last.dir.labels, cluster_sizes(last.dir.labels),
+                            clusters=opts.clusters_shown, per_cluster=opts.images_per_cluster,
+                            seed=opts.seed, max_shards=opts.max_shards)
+    return [examples_section(last.round, found), composition_section(last.round, found, opts)]
+
+
+def _read_note(found: ClusterSample) -> str:
+    return (f"all {found.shards_total} shards" if found.shards_read == found.shards_total else
+            f"{found.shards_read} of {found.shards_total} shards, drawn at random")
+
+
+def _composition_text(found: ClusterSample, cluster: int) -> str:
+    counts = found.composition[cluster] if len(found.classes) else []
+    top = sorted(((n, name) for name, n in zip(found.classes, counts) if n), reverse=True)
+    return ", ".join(f"{name} {n}" for n, name in top[:3]) + (" ..." if len(top) > 3 else "")
+
+
+def examples_section(round_index: int, found: ClusterSample) -> Section:
+    rows = [(f"cluster {c.cluster}\n{c.size} images\n{_composition_text(found, c.cluster)}",
+             [(e.image, e.caption) for e in c.examples]) for c in found.shown if c.examples]
     if not rows:
         return Section("Clusters", note="No image of the chosen clusters could be read.")
-    png = plots.image_rows_plot(rows, title=f"Round {last.round}: sample images of "
-                                f"{len(rows)} clusters")
-    return Section("Clusters", figures=[("clusters.png", png, "A row per cluster (random "
-                   "clusters; captions: true class where known)")])
+    png = plots.image_rows_plot(rows, title=f"Round {round_index}: the largest and smallest "
+                                "clusters, images drawn at random from each")
+    return Section("Clusters", figures=[("clusters.png", png, "A row per cluster, largest "
+                   "first: a seeded uniform sample of its members among "
+                   f"{_read_note(found)} (captions: true class where known; left: the "
+                   "cluster's most common classes among those shards)")])
+
+
+def composition_section(round_index: int, found: ClusterSample, opts: Options) -> Section:
+    if not found.classes:
+        return Section("Cluster composition", note="The shards carry no true labels: the "
+                       "class composition of the clusters is not available.")
+    counts = found.composition
+    order = [c for c in sorted(range(len(counts)), key=lambda c: (-counts[c].sum(), c))
+             if counts[c].sum()][:opts.composition_rows]
+    columns = sorted(range(len(found.classes)), key=lambda j: -counts[:, j].sum())
+    kept, rest = columns[:opts.composition_classes], columns[opts.composition_classes:]
+    header = ["cluster", "images", *(found.classes[j] for j in kept), *(["other"] if rest else []),
+              "purity"]
+    rows = [[c, counts[c].sum(), *counts[c, kept], *([counts[c, rest].sum()] if rest else []),
+             _fmt(purity(counts[c:c + 1]))] for c in order]
+    chance = chance_baselines(counts, opts.seed)
+    nonempty = int((counts.sum(axis=1) > 0).sum())
+    note = (f"Round {round_index}, samples of {_read_note(found)}; {len(order)} of {nonempty} "
+            f"clusters (the largest). Purity {chance['purity']:.3f} and NMI {chance['nmi']:.3f} "
+            f"of these clusters; chance baselines, the same cluster sizes with members drawn "
+            f"at random: purity {chance['random_purity']:.3f}, NMI "
+            f"{chance['random_nmi']:.3f}; the most common class holds "
+            f"{chance['majority_share']:.3f} of the samples.")
+    return Section("Cluster composition",
+                   table=f"<p>{html.escape(note)}</p>" + _table(header, rows))
 
 
 def compared_models(records, random_seed: int) -> dict:
@@ -185,7 +288,7 @@ def neighbours_section(ws: Workspace, models: dict, opts: Options) -> Section:
                                queries=opts.nn_queries, k=opts.nn_k, seed=opts.seed,
                                workers=opts.workers, max_shards=opts.max_shards)
     caption = lambda i: found.captions[i]
-    section = Section("Nearest neighbours", side_by_side=True)
+    section = Section("Nearest neighbours")
     for index, (name, neighbours) in enumerate(found.by_model.items()):
         rows = [(f"query {i + 1}", [(found.thumbs[q], f"query: {caption(q) or ''}")] +
                  [(found.thumbs[j], caption(j)) for j in neighbours[i]])
@@ -219,18 +322,27 @@ def eval_section(records) -> Section:
     evaluated = [r for r in records if r.eval]
     if not evaluated:
         return Section("Evaluation", note="No eval.json in these rounds: run `dcpipe eval`.")
-    tables = []
-    for rec in evaluated:
-        results = _eval_results(rec.eval)
-        values = {name: {(p, m): v for p, m, v in result_rows(r)} for name, r in results.items()}
-        measures = list(dict.fromkeys(k for v in values.values() for k in v))
-        rows = [[p, m, *(_fmt(v.get((p, m))) for v in values.values())] for p, m in measures]
-        tables.append(f"<h3>Round {rec.round}</h3>" +
-                      _table(["protocol", "measure", *results], rows))
+    tables = [f"<h3>Round {rec.round}</h3>" + _eval_table(_eval_results(rec.eval))
+              for rec in evaluated]
     return Section("Evaluation", table="".join(tables))
 
 
-STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+def _eval_table(results: dict) -> str:
+    """A round's model beside the random init with the gain (as `dcpipe eval --compare-random`
+    prints it), or whatever results eval.json holds side by side."""
+    random = [name for name, r in results.items() if r["model"].get("random_init")]
+    if len(results) == 2 and len(random) == 1:
+        trained = next(name for name in results if name != random[0])
+        rows = [[p, m, _fmt(value), _fmt(other), format_gain(gain)]
+                for p, m, value, other, gain in compared_rows(results[trained], results[random[0]])]
+        return _table(["protocol", "measure", trained, random[0], "gain"], rows)
+    values = {name: {(p, m): v for p, m, v in result_rows(r)} for name, r in results.items()}
+    measures = list(dict.fromkeys(k for v in values.values() for k in v))
+    rows = [[p, m, *(_fmt(v.get((p, m))) for v in values.values())] for p, m in measures]
+    return _table(["protocol", "measure", *results], rows)
+
+
+STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #bbb;padding:3px 8px;
 text-align:right}th{background:#eee}figure{margin:1em 0}img{max-width:100%}
 .note{background:#fff4d6;border-left:4px solid #e0a800;padding:6px 10px}

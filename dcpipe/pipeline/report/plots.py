@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 DPI = 100
+CAPTION_PT = 10  # at DPI 100 and the page's width: about 13 px tall in the browser
 
 
 def _png(fig) -> bytes:
@@ -18,12 +19,19 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def curves_plot(series: dict, *, title: str, ylabel: str, xlabel: str = "round") -> bytes:
-    """Lines over rounds: {name: (xs, ys)}; None values are gaps."""
+def _gaps(ys) -> np.ndarray:
+    return np.array([np.nan if y is None else y for y in ys], dtype=float)
+
+
+def curves_plot(series: dict, *, title: str, ylabel: str, xlabel: str = "round",
+                references: dict | None = None) -> bytes:
+    """Lines over rounds: {name: (xs, ys)}; None values are gaps. `references` (same form) are
+    drawn dashed in grey, e.g. a baseline the curves should be compared with."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for name, (xs, ys) in series.items():
-        ys = np.array([np.nan if y is None else y for y in ys], dtype=float)
-        ax.plot(xs, ys, marker="o", label=name)
+        ax.plot(xs, _gaps(ys), marker="o", label=name)
+    for name, (xs, ys) in (references or {}).items():
+        ax.plot(xs, _gaps(ys), linestyle="--", color="0.4", label=name)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -48,7 +56,7 @@ def sizes_plot(sizes_by_round: dict) -> bytes:
 def image_rows_plot(rows: list, *, title: str) -> bytes:
     """rows: [(row title, [(uint8 image, caption or None), ...]), ...] as a grid of images."""
     cols = max((len(images) for _, images in rows), default=1)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.25 * cols + 1.6, 1.45 * len(rows)),
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.4 * cols + 2.2, 1.7 * len(rows)),
                              squeeze=False)
     for r, (row_title, images) in enumerate(rows):
         for c in range(cols):
@@ -59,10 +67,11 @@ def image_rows_plot(rows: list, *, title: str) -> bytes:
                 image, caption = images[c]
                 ax.imshow(image, interpolation="nearest")
                 if caption:
-                    ax.set_xlabel(caption, fontsize=7)
+                    ax.set_xlabel(caption[:14], fontsize=CAPTION_PT)
             else:
                 ax.axis("off")
-        axes[r][0].set_ylabel(row_title, fontsize=8, rotation=0, ha="right", va="center")
+        axes[r][0].set_ylabel(row_title, fontsize=CAPTION_PT, rotation=0, ha="right",
+                              va="center")
     fig.suptitle(title)
     return _png(fig)
 
@@ -79,5 +88,5 @@ def filters_plot(filters: np.ndarray, *, title: str, max_filters: int = 96) -> b
             f = filters[i]
             ax.imshow(f[..., 0] if f.shape[-1] == 1 else f, cmap="gray", vmin=0, vmax=1,
                       interpolation="nearest")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=12)
     return _png(fig)

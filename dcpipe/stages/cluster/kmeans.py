@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # Perturbation of a copied centroid, relative to its norm (faiss's own split uses 1/1024).
 SPLIT_EPS = 1e-3
 
+FAISS_MIN_POINTS = 39  # faiss's default min_points_per_centroid
+
 
 def gpu_count(use_gpu: str) -> int:
     """How many GPUs to use: 'auto' -> all visible, 'no' -> none, 'yes' -> all (warn if none)."""
@@ -57,12 +59,23 @@ def train_kmeans(x: np.ndarray, k: int, niter: int, seed: int, ngpu: int,
     clus.seed = seed
     clus.spherical = spherical
     clus.max_points_per_centroid = n // k + 1
+    # faiss warns of fewer than min_points_per_centroid x k rows straight on fd 2, which no -q
+    # could silence; the stage says it instead where progress is shown (small_sample_warning)
+    clus.min_points_per_centroid = 1
     clus.train(np.ascontiguousarray(x, dtype=np.float32), flat_index(d, ngpu))
     stats = clus.iteration_stats
     per_iteration = [{"obj": float(s.obj), "obj_mean": float(s.obj) / n, "nsplit": int(s.nsplit),
                       "imbalance": float(s.imbalance_factor), "elapsed": float(s.time)}
                      for s in (stats.at(i) for i in range(stats.size()))]
     return faiss.vector_to_array(clus.centroids).reshape(k, d), per_iteration
+
+
+def small_sample_warning(n: int, k: int) -> str | None:
+    """faiss's advice on the sample size (its default min_points_per_centroid), or None."""
+    if n >= FAISS_MIN_POINTS * k:
+        return None
+    return (f"k-means of {n} rows into {k} clusters: faiss advises at least "
+            f"{FAISS_MIN_POINTS * k} rows ({FAISS_MIN_POINTS} per cluster)")
 
 
 def nearest(index, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

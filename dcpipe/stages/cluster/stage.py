@@ -95,6 +95,9 @@ def cluster(store_path, out_dir, settings: ClusterSettings = ClusterSettings(), 
                if settings.pca_dim else WhiteningPCA.normalise_only(store.dim))
     with timer("sample"):
         x = storepasses.project_sample(store, sample, block, pca, progress)
+    advice = kmeans.small_sample_warning(sample.size, settings.k)
+    if progress and settings.method == "kmeans" and advice:
+        log.warning(advice)
     run = HeadRun(store, valid, sample, block, pca, x, settings, progress)
     records = [run.head(h, seeds.int_seed(seed, r, Domain.KMEANS, h, bits=31),
                         seeds.int_seed(seed, r, Domain.EMPTY_SPLIT, h), timer)

@@ -23,16 +23,18 @@ from dcpipe.shards.atomic import atomic_write_json, fsync_dir, publish
 from dcpipe.stages.common.models import eval_transform
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.evaluate.settings import EvalSettings
-from dcpipe.stages.evaluate.stage import model_for_eval
+from dcpipe.stages.evaluate.stage import counted, model_for_eval
 from dcpipe.stages.sources.imagesets import ImageSet
 
 ZARR_CHUNK_ROWS = 4096
 
 
 def embed(src, out_path, model: ModelSpec = ModelSpec(), *, model_path=None, seed: int = 0,
-          batch_size: int = EvalSettings.batch_size, workers: int = EvalSettings.workers) -> dict:
+          batch_size: int = EvalSettings.batch_size, workers: int = EvalSettings.workers,
+          progress: bool = False) -> dict:
     """Writes the features of `src` to `out_path` with a round's model (`model_path`) or the
-    random init of `model`; returns {rows, dim, failed, path, model}."""
+    random init of `model` (`progress`: a bar of the images read); returns {rows, dim, failed,
+    path, model}."""
     out_path = Path(out_path)
     net, model_info = model_for_eval(model_path, model, seed)
     writer_cls = NpyWriter if out_path.suffix == ".npy" else ZarrWriter
@@ -40,7 +42,9 @@ def embed(src, out_path, model: ModelSpec = ModelSpec(), *, model_path=None, see
     keys, failed = [], []
     transform = eval_transform(net.config["input_size"])
     try:
-        for batch in ImageSet(src).batches(transform, batch_size=batch_size, workers=workers):
+        images = ImageSet(src)
+        batches = images.batches(transform, batch_size=batch_size, workers=workers)
+        for batch in counted(images, batches, "embed", progress):
             failed += [list(f) for f in batch.failures]
             if batch.images is not None:
                 writer.append(_features(net, batch.images))

@@ -142,7 +142,7 @@ def kmeans_quality(features, labels, *, k: int, seed: int = 0, pca_dim: int | No
     per_run = []
     for run in range(runs):
         kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed + run,
-                              verbose=False)
+                              verbose=False, min_points_per_centroid=1)  # no warning on fd 2
         kmeans.train(x)
         assigned = kmeans.index.search(x, 1)[1].ravel().astype(np.int64)
         per_run.append(metrics.compare(assigned, labels))

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dcpipe.errors import DcpipeError, SettingsError
 from dcpipe.stages.common.activations import PENULTIMATE, Tap
@@ -68,11 +69,23 @@ class SetStats:
         self.info["failures"] += [list(f) for f in batch.failures[:room]]
 
 
-def labelled_features(src, tap, classes, stats, *, max_items, seed, batch_size, workers):
+def counted(images: ImageSet, batches, desc: str, progress: bool, max_items=None):
+    """The batches, with a progress bar of the images read (none unless `progress`)."""
+    total = min(len(images), max_items or len(images))
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for batch in batches:
+            bar.update(len(batch.keys) + len(batch.failures))
+            yield batch
+
+
+def labelled_features(src, tap, classes, stats, *, max_items, seed, batch_size, workers,
+                      progress):
     """(features by layer, labels) of each batch of the set's labelled, decodable images."""
     transform = eval_transform(tap.model.config["input_size"])
-    for batch in ImageSet(src).batches(transform, batch_size=batch_size, workers=workers,
-                                       max_items=max_items, seed=seed):
+    images = ImageSet(src)
+    batches = images.batches(transform, batch_size=batch_size, workers=workers,
+                             max_items=max_items, seed=seed)
+    for batch in counted(images, batches, f"eval {src}", progress, max_items):
         labels = classes(batch.labels)
         stats.add(batch, labels)
         known = labels >= 0
@@ -135,12 +148,12 @@ def check_sources(protocols, train_src, test_src, query_src, database_src) -> No
 
 def evaluate(train_src, test_src, model: ModelSpec = ModelSpec(),
              settings: EvalSettings = EvalSettings(), *, model_path=None, seed: int = 0,
-             query_src=None, database_src=None) -> dict:
+             query_src=None, database_src=None, progress: bool = False) -> dict:
     """Evaluates a model (`model_path`, its spec from the checkpoint) or, with no path, the
     random init of `model` for the workspace `seed` (the baseline). `settings.sample_seed`
     draws the subsets and seeds the k-means; `settings.kmeans_pca` = d runs k-means after
     PCA-whitening to d dims (the method's own preprocessing) instead of on the plain features.
-    Returns plain JSON types."""
+    `progress`: a bar per pass over an image set. Returns plain JSON types."""
     s = settings
     check_sources(s.protocols, train_src, test_src, query_src, database_src)
     net, model_info = model_for_eval(model_path, model, seed)
@@ -149,7 +162,8 @@ def evaluate(train_src, test_src, model: ModelSpec = ModelSpec(),
     if set(s.protocols) - {"retrieval"}:
         tap = Tap(net, s.layers if "linear" in s.protocols else [PENULTIMATE],
                   probe_dims=s.probe_dims or None)
-        io = {"seed": s.sample_seed, "batch_size": s.batch_size, "workers": s.workers}
+        io = {"seed": s.sample_seed, "batch_size": s.batch_size, "workers": s.workers,
+              "progress": progress}
         result.update(_classification(train_src, test_src, tap, s, io))
         result["seconds"]["classification"] = round(time.monotonic() - started, 2)
     if "retrieval" in s.protocols:
@@ -160,13 +174,15 @@ def evaluate(train_src, test_src, model: ModelSpec = ModelSpec(),
 
 
 def compare_random(train_src, test_src, settings: EvalSettings = EvalSettings(), *,
-                   model_path, seed: int = 0, **image_sets) -> dict:
+                   model_path, seed: int = 0, progress: bool = False, **image_sets) -> dict:
     """The model and a random init of the same architecture, evaluated on the same images:
     {trained label: result, random label: result} (the shape the report reads from eval.json).
     `image_sets`: query_src and database_src for the retrieval protocol."""
-    trained = evaluate(train_src, test_src, settings=settings, model_path=model_path, **image_sets)
+    trained = evaluate(train_src, test_src, settings=settings, model_path=model_path,
+                       progress=progress, **image_sets)
     spec = ModelSpec.from_meta(trained["model"])
-    baseline = evaluate(train_src, test_src, spec, settings, seed=seed, **image_sets)
+    baseline = evaluate(train_src, test_src, spec, settings, seed=seed, progress=progress,
+                        **image_sets)
     return {model_label(trained): trained, model_label(baseline): baseline}
 
 

@@ -52,14 +52,22 @@ def format_table(result: dict) -> str:
     return f"{table}\n({_footer(result)})"
 
 
+def compared_rows(trained: dict, baseline: dict) -> list[tuple]:
+    """(protocol, measure, value, baseline's value, gain) rows; None where the baseline lacks
+    the measure."""
+    base = {(p, m): v for p, m, v in result_rows(baseline)}
+    return [(p, m, value, base.get((p, m)), None if (p, m) not in base else value - base[(p, m)])
+            for p, m, value in result_rows(trained)]
+
+
+def format_gain(gain: float | None) -> str:
+    return "-" if gain is None else f"{gain:+.3f}"
+
+
 def format_comparison(trained: dict, baseline: dict) -> str:
     """Two results side by side (e.g. a round's model and the random init), with the gain."""
-    base = {(p, m): v for p, m, v in result_rows(baseline)}
-    rows = []
-    for protocol, measure, value in result_rows(trained):
-        other = base.get((protocol, measure))
-        rows.append([protocol, measure, f"{value:.3f}",
-                     "-" if other is None else f"{other:.3f}",
-                     "-" if other is None else f"{value - other:+.3f}"])
+    rows = [[protocol, measure, f"{value:.3f}", "-" if other is None else f"{other:.3f}",
+             format_gain(gain)]
+            for protocol, measure, value, other, gain in compared_rows(trained, baseline)]
     header = ["protocol", "measure", model_label(trained), model_label(baseline), "gain"]
     return f"{_render(header, rows)}\n({_footer(trained)})"

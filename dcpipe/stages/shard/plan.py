@@ -62,7 +62,8 @@ def _check_options(source_id: str, recorded: dict, options: dict) -> None:
     changed = {k: (recorded.get(k), options.get(k)) for k in SHAPING_OPTIONS
                if recorded.get(k) != options.get(k)}
     if changed:
-        detail = ", ".join(f"{k}: planned {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        detail = ", ".join(f"--{k.replace('_', '-')}: planned {a!r}, now {b!r}"
+                           for k, (a, b) in changed.items())
         raise SourceError(f"{source_id} was sharded with other options ({detail}); rerun with "
                           "the planned options or write to another shards folder")
 

@@ -59,7 +59,7 @@ def resolve_nodes(node_rank=None, num_nodes=None) -> tuple[int, int]:
     rank = node_rank if node_rank is not None else distributed.rank()
     world = num_nodes if num_nodes is not None else distributed.world_size()
     if world < 1 or not 0 <= rank < world:
-        raise SettingsError(f"node_rank must be in [0, num_nodes): got {rank} of {world}")
+        raise SettingsError(f"--node-rank must be in [0, --num-nodes): got {rank} of {world}")
     return rank, world
 
 
@@ -151,7 +151,7 @@ def shard(src, shards_dir, settings: ShardSettings = ShardSettings(), *, format=
     """
     rank, world = resolve_nodes(node_rank, num_nodes)
     if settings.dedup and world > 1:
-        raise SettingsError("dedup needs the whole collection on one node: use num_nodes=1")
+        raise SettingsError("dedup needs the whole collection on one node: use --num-nodes 1")
     image_size, workers = settings.image_size, settings.workers
     started = time.perf_counter()
     shards_dir = Path(shards_dir)

@@ -102,8 +102,8 @@ def detect_format(src, format=None) -> str:
     if "yfcc100m" in name:
         return "yfcc100m"
     raise SourceError(
-        f"cannot tell the format of {src} from its name; pass format= "
-        f"(one of {', '.join(FORMATS)})")
+        f"cannot tell the format of {src} from its name; pass --format (format= from "
+        f"Python), one of {', '.join(FORMATS)}")
 
 
 def open_text(src):
@@ -188,15 +188,17 @@ def _pick_columns(names, cols: Columns, src) -> tuple[str, str | None, list]:
     names = list(names)
     url_col = cols.url_col or next((c for c in SOURCE_COLUMNS if c in names), None)
     if url_col is None:
-        hint = ("; is it the YFCC100M metadata file? pass format=yfcc100m"
+        hint = ("; is it the YFCC100M metadata file? pass --format yfcc100m"
                 if len(names) in (len(FIELDS_23), len(FIELDS_25)) else "")
         raise SourceError(
             f"{src}: no column named {' or '.join(SOURCE_COLUMNS)}; name the source column "
-            f"with url_col (columns: {', '.join(map(str, names)) or 'none'}){hint}")
+            f"with --url-col (url_col= from Python) (columns: "
+            f"{', '.join(map(str, names)) or 'none'}){hint}")
     wanted = [url_col] + ([cols.key_col] if cols.key_col else []) + list(cols.meta_cols or ())
     missing = [c for c in wanted if c not in names]
     if missing:
-        raise SourceError(f"{src}: missing column(s) {', '.join(missing)} "
+        raise SourceError(f"{src}: missing column(s) {', '.join(missing)} named by --url-col, "
+                          f"--key-col or --meta-cols "
                           f"(columns: {', '.join(map(str, names))})")
     if cols.meta_cols is not None:
         return url_col, cols.key_col, list(cols.meta_cols)

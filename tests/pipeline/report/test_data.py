@@ -8,7 +8,12 @@ from dcpipe.pipeline.report import data as reportdata
 from dcpipe.pipeline.workspace import Workspace
 from dcpipe.stages.common.models import build_model
 from dcpipe.stages.common.modelspec import ModelSpec
-from support.labelled_shards import PALETTE, make_collection, skewed_labels
+from dcpipe.shards.manifest import add_entry
+from dcpipe.shards.naming import make_key
+from dcpipe.shards.writer import ShardWriter
+from dcpipe.stages.common.labels import write_labels
+from support.labelled_shards import PALETTE, colour, jpeg, make_collection, skewed_labels
+from support.sample_shards import CLASSES
 
 torch.set_num_threads(1)
 
@@ -29,29 +34,91 @@ def test_cluster_sizes_count_every_labelled_sample(planted):
     assert sizes.sum() == (labels >= 0).sum()
 
 
-def test_cluster_examples_show_images_of_their_own_cluster(planted):
+def test_shown_clusters_hold_images_of_their_own_cluster(planted):
     root, labels_dir, _ = planted
     sizes = reportdata.cluster_sizes(labels_dir)
-    found = reportdata.cluster_examples(root / "shards", labels_dir, sizes, clusters=4,
-                                        per_cluster=3, seed=0)
-    assert len(found) == 4 and all(ex.size == sizes[ex.cluster] for ex in found)
-    assert [ex.size for ex in found] == sorted((ex.size for ex in found), reverse=True)
-    assert 4 not in [ex.cluster for ex in found]  # the empty cluster is never chosen
-    for ex in found:
+    found = reportdata.sample_clusters(root / "shards", labels_dir, sizes, clusters=4,
+                                       per_cluster=3, seed=0)
+    # the two largest and the two smallest non-empty clusters, largest first
+    assert [ex.cluster for ex in found.shown] == [0, 1, 5, 3]
+    assert all(ex.size == sizes[ex.cluster] for ex in found.shown)
+    for ex in found.shown:
         assert len(ex.examples) == min(3, ex.size)
         for example in ex.examples:
             colour = example.image.reshape(-1, 3).mean(axis=0)
             assert np.argmin(((PALETTE - colour) ** 2).sum(axis=1)) == ex.cluster
 
 
-def test_reading_stops_once_every_chosen_cluster_is_full(tmp_path):
-    both = np.array([0, 1] * 3, dtype=np.int32)
-    _, labels_dir = make_collection(tmp_path, [both, both], k=2)
-    # the second shard is never opened: corrupting it changes nothing
-    (tmp_path / "shards" / "000001.tar").write_bytes(b"garbage")
-    found = reportdata.cluster_examples(tmp_path / "shards", labels_dir, np.array([6, 6]),
-                                        clusters=2, per_cluster=3, seed=0)
-    assert [len(ex.examples) for ex in found] == [3, 3]
+def class_by_class(root, per_class=8, strays=2):
+    """Shards written class by class, as a folder source is: shard s holds class s only.
+    Cluster 0 holds `per_class` images of every class, cluster 1 `strays` of each."""
+    shards_dir, published = root / "shards", []
+    for s, name in enumerate(CLASSES):
+        writer = ShardWriter(shards_dir, s)
+        keys = [make_key(s, row) for row in range(per_class + strays)]
+        for key in keys:
+            writer.add(key, jpeg(colour(s), 8), {"label": name})
+        add_entry(shards_dir, writer.commit({"rows": len(keys)}))
+        published.append((writer.name, keys, np.array([0] * per_class + [1] * strays, np.int32)))
+    return shards_dir, write_labels(root, published, {"k": 2, "round": 0})
+
+
+def test_a_cluster_is_shown_by_members_drawn_across_it_not_its_first_in_shard_order(tmp_path):
+    shards_dir, labels_dir = class_by_class(tmp_path)
+    sizes = reportdata.cluster_sizes(labels_dir)
+    shown_classes = set()
+    for seed in range(3):
+        found = reportdata.sample_clusters(shards_dir, labels_dir, sizes, clusters=2,
+                                           per_cluster=6, seed=seed)
+        big = found.shown[0]
+        assert big.cluster == 0 and len(big.examples) == 6
+        captions = [e.caption for e in big.examples]
+        assert len(set(captions)) > 1  # shard order would show 6 of the first class
+        for e in big.examples:  # each caption is its own image's class (planted colour)
+            colour = e.image.reshape(-1, 3).mean(axis=0)
+            assert CLASSES[np.argmin(((PALETTE - colour) ** 2).sum(axis=1))] == e.caption
+        shown_classes |= set(captions)
+    assert shown_classes == set(CLASSES)
+
+
+def test_the_composition_matrix_counts_each_cluster_and_class(tmp_path):
+    shards_dir, labels_dir = class_by_class(tmp_path, per_class=8, strays=2)
+    found = reportdata.sample_clusters(shards_dir, labels_dir, reportdata.cluster_sizes(labels_dir),
+                                       clusters=2, per_cluster=2, seed=0)
+    assert found.classes == sorted(CLASSES)
+    assert found.composition.tolist() == [[8, 8, 8], [2, 2, 2]]
+    assert (found.shards_read, found.shards_total) == (3, 3)
+
+
+def test_chance_baselines_of_a_perfect_and_a_mixed_clustering():
+    perfect = np.diag([30, 30, 30])
+    scores = reportdata.chance_baselines(perfect, seed=0)
+    assert scores["purity"] == 1.0 and scores["nmi"] == pytest.approx(1.0)
+    assert scores["random_purity"] < 0.6 and scores["random_nmi"] < 0.1
+    assert scores["majority_share"] == pytest.approx(1 / 3)
+    mixed = np.array([[8, 8, 8], [2, 2, 2]])
+    assert reportdata.chance_baselines(mixed, seed=0)["purity"] == pytest.approx(1 / 3)
+
+
+def test_a_reservoir_keeps_each_item_with_equal_chance():
+    kept = np.zeros(50)
+    for seed in range(1000):
+        reservoir = reportdata.Reservoir(5, np.random.default_rng(seed))
+        for item in range(50):
+            reservoir.offer(item)
+        assert len(reservoir.items) == 5 and len(set(reservoir.items)) == 5
+        kept[reservoir.items] += 1
+    # each item expected 100 times (5/50 of 1000): the first and the last alike
+    assert kept.min() > 60 and kept.max() < 140
+    assert abs(kept[:25].sum() - kept[25:].sum()) < 300
+
+
+def test_largest_and_smallest_clusters_among_those_read():
+    sizes = np.array([30, 12, 5, 1, 0, 2, 9])
+    available = np.array([3, 1, 1, 1, 0, 1, 0])
+    assert reportdata.largest_and_smallest(sizes, available, 4) == [0, 1, 5, 3]
+    assert reportdata.largest_and_smallest(sizes, available, 3) == [0, 1, 3]
+    assert reportdata.largest_and_smallest(sizes, available, 9) == [0, 1, 2, 5, 3]
 
 
 def test_only_a_bounded_random_set_of_shards_is_read(tmp_path):
@@ -63,19 +130,14 @@ def test_only_a_bounded_random_set_of_shards_is_read(tmp_path):
     for name in set(names) - set(read):  # never opened: corrupting them changes nothing
         (tmp_path / "shards" / f"{name}.tar").write_bytes(b"garbage")
     sizes = reportdata.cluster_sizes(labels_dir)
-    found = reportdata.cluster_examples(tmp_path / "shards", labels_dir, sizes, clusters=3,
-                                        per_cluster=2, seed=4, max_shards=2)
-    assert sum(len(ex.examples) for ex in found) >= 4
+    found = reportdata.sample_clusters(tmp_path / "shards", labels_dir, sizes, clusters=3,
+                                       per_cluster=2, seed=4, max_shards=2)
+    assert sum(len(ex.examples) for ex in found.shown) >= 4
+    assert found.composition.sum() == 12 and (found.shards_read, found.shards_total) == (2, 6)
     models = {"m": build_model(ModelSpec("small", input_size=32, width=8), seed=0).eval()}
     pool = reportdata.nearest_neighbours(tmp_path / "shards", models, pool=50, queries=2, k=3,
                                          seed=4, max_shards=2)
     assert len(pool.thumbs) == 12  # the two shards' images, no more
-
-
-def test_clusters_with_enough_images_are_preferred():
-    available = np.array([0, 9, 1, 5, 2])
-    assert sorted(reportdata.choose_clusters(available, 2, per_cluster=5, seed=0)) == [1, 3]
-    assert reportdata.choose_clusters(available, 4, per_cluster=5, seed=0)[2:] == [4, 2]
 
 
 def test_neighbours_leave_the_query_out_and_rank_by_cosine():

@@ -172,7 +172,7 @@ def test_bad_options_and_changed_options_fail_clearly(server, tmp_path):
     with pytest.raises(ValueError, match="shard_size"):
         shard(src, out, shard_size=0, **QUICK)
     shard(src, out, **QUICK)
-    with pytest.raises(SourceError, match="image_size: planned 256, now 128"):
+    with pytest.raises(SourceError, match="--image-size: planned 256, now 128"):
         shard(src, out, image_size=128, **QUICK)
     assert json.loads((out / "plan.json").read_text())["sources"]
 
@@ -181,5 +181,5 @@ def test_node_split_comes_from_torchrun_environment(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert resolve_nodes() == (1, 3) and resolve_nodes(0, 1) == (0, 1)
-    with pytest.raises(ValueError, match="node_rank"):
+    with pytest.raises(ValueError, match="--node-rank"):
         resolve_nodes(3, 3)

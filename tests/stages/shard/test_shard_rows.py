@@ -169,7 +169,8 @@ def test_public_only_flag_refuses_local_and_private_sources(server, tmp_path):
     src = write_csv(tmp_path / "list.csv", [{"url": url}, {"url": str(local)},
                                             {"url": local.as_uri()}])
     ws = tmp_path / "ws"
-    result = dcpipe(ws, "-q", "shard", "--src", str(src), "--public-only", "--workers", "1")
+    result = dcpipe(ws, "-q", "shard", "--src", str(src), "--public-only", "--workers", "1",
+                    "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["rejects"] == {"local_refused": 2, "private_address": 1}
     assert "is 127.0.0.1 (public_only)" in _reject_records(ws / "shards")[0]["detail"]

@@ -98,7 +98,7 @@ def test_yfcc_both_releases_decode_text_and_reject_videos(tmp_path):
 def test_yfcc_file_read_as_tsv_gets_a_hint(tmp_path):
     src = tmp_path / "yfcc100m_dataset-0.tsv"
     src.write_text(_yfcc23("http://farm8/b.jpg", "0") + "\n")
-    with pytest.raises(SourceError, match="pass format=yfcc100m"):
+    with pytest.raises(SourceError, match="pass --format yfcc100m"):
         _rows(src)
     assert _rows(src, format="yfcc100m")[0].source == "http://farm8/b.jpg"
 
