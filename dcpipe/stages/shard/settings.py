@@ -8,7 +8,7 @@ from dcpipe.stages.sources import fetch
 MAX_SHARD_SIZE = 1_000_000  # the six-digit row part of a key
 RANGES = {"image_size": Range(1, 16384), "shard_size": Range(1, MAX_SHARD_SIZE),
           "workers": Range(1, 256), "threads": Range(1, 1024), "timeout": above(0, 3600),
-          "max_bytes": Range(1, 2**31)}
+          "max_bytes": Range(1, 2**31), "retries": Range(0, 10)}
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class ShardSettings:
     timeout: float = fetch.TIMEOUT  # seconds per download
     max_bytes: int = fetch.MAX_BYTES  # download / file size cap
     public_only: bool = False  # refuse local paths, file:// and private/loopback addresses
+    retries: int = fetch.RETRIES  # more attempts after a 5xx, 429, timeout or dropped connection
 
     def __post_init__(self):
         check_ranges(self, RANGES)
