@@ -143,11 +143,30 @@ class _CountingServer(ThreadingHTTPServer):
             self.hits[path] += 1
 
 
-class ImageServer:
-    def __init__(self):
-        self.httpd = _CountingServer()
-        self.files = self.httpd.files
+class ServedInThread:
+    """An http.server serving from a daemon thread for the length of a `with` block."""
+
+    def __init__(self, httpd):
+        self.httpd = httpd
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ImageServer(ServedInThread):
+    def __init__(self):
+        super().__init__(_CountingServer())
+        self.files = self.httpd.files
 
     @property
     def connections(self) -> int:
@@ -158,12 +177,4 @@ class ImageServer:
         return self.httpd.hits
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{path.lstrip('/')}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"

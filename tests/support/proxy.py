@@ -13,6 +13,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from support.imageserver import ServedInThread
+
 TUNNEL_IDLE_S = 5.0  # a tunnel with no traffic for this long is closed: the proxy always stops
 
 
@@ -68,24 +70,15 @@ def _pipe(a: socket.socket, b: socket.socket) -> None:
             peers[sock].sendall(data)
 
 
-class Proxy:
+class Proxy(ServedInThread):
     def __init__(self):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), _Handler))
         self.httpd.daemon_threads = True
         self.httpd.lock = threading.Lock()
         self.forwarded = self.httpd.forwarded = []
         self.tunnels = self.httpd.tunnels = []
         self.credentials = self.httpd.credentials = []
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"http://127.0.0.1:{self.port}"

@@ -158,7 +158,8 @@ class _Watchdog:
 
 def _fetch_http_retried(url: str, timeout: float, max_bytes: int, public_only: bool,
                        retries: int, connections: Connections) -> bytes:
-    for attempt in range(1, retries + 2):
+    attempt = 1
+    while True:
         try:
             return _fetch_http(url, time.monotonic() + timeout, max_bytes, public_only,
                                connections)
@@ -167,7 +168,7 @@ def _fetch_http_retried(url: str, timeout: float, max_bytes: int, public_only: b
             if attempt > retries or not exc.transient:
                 raise
         time.sleep(BACKOFF_S * 2 ** (attempt - 1))
-    raise AssertionError("unreachable: the last attempt returns or raises")
+        attempt += 1
 
 
 def _fetch_http(url: str, deadline: float, max_bytes: int, public_only: bool,
@@ -233,6 +234,8 @@ def _public_address(host: str, port: int) -> str:
 
 
 def _route(url: str, public_only: bool, proxies: dict) -> Route:
+    """Where the request for `url` goes: straight to the host (by the checked address under
+    public_only) or through the proxy the environment names for it."""
     scheme, host, port, target = _request_target(url)
     try:
         proxy = proxy_for(scheme, host, proxies)

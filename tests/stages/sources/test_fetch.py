@@ -193,7 +193,7 @@ def test_proxy_credentials_are_sent_as_basic_auth(server, proxy, monkeypatch):
 
 def test_https_goes_through_a_connect_tunnel(server, proxy, monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-    port = server.httpd.server_address[1]
+    port = server.port
     # the tunnel reaches the plain-HTTP test server, so the TLS handshake itself fails
     assert _reason(f"https://127.0.0.1:{port}/f/ok.jpg", retries=0) == "ssl_error"
     assert proxy.tunnels == [f"127.0.0.1:{port}"] and proxy.forwarded == []
