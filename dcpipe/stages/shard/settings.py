@@ -18,7 +18,7 @@ class ShardSettings:
     workers: int = 2  # processes
     threads: int = 8  # downloads in flight per process
     dedup: bool = False  # exact de-duplication by content hash
-    timeout: float = fetch.TIMEOUT  # seconds per download
+    timeout: float = fetch.TIMEOUT  # seconds per download attempt
     max_bytes: int = fetch.MAX_BYTES  # download / file size cap
     public_only: bool = False  # refuse local paths, file:// and private/loopback addresses
     retries: int = fetch.RETRIES  # more attempts after a 5xx, 429, timeout or dropped connection

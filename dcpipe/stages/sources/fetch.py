@@ -40,7 +40,7 @@ from urllib.request import url2pathname
 
 from dcpipe.stages.sources.connections import Connections, ProxyError, Route, proxy_for
 
-TIMEOUT = 10.0  # seconds per download, everything included
+TIMEOUT = 10.0  # seconds per download attempt, everything included
 MAX_BYTES = 20_000_000  # a body or file larger than this is refused
 MAX_REDIRECTS = 5
 RETRIES = 2  # attempts after the first, for failures that may pass
