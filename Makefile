@@ -16,14 +16,15 @@ export NO_SIMD
 
 .PHONY: setup demo test test-slow bench
 
-$(VENV)/.installed: pyproject.toml
+# The Makefile is a prerequisite too: an existing venv is redone when how to make it changes.
+$(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	# torch first, pinned: the CPU machines here carry these wheels on disk
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[test]'
 	# pillow-simd in place of Pillow: 1.3x faster decode+resize+encode here (docs/shard.md);
 	# --no-cache-dir: a wheel cached from an earlier build may lack the codecs
-	$(PY) -m pip uninstall -q -y pillow
+	$(PY) -m pip uninstall -qq -y pillow pillow-simd
 	$(PY) -m pip install --no-cache-dir pillow-simd $(SIMD_CODECS) > $(VENV)/pillow-simd-build.log 2>&1 \
 	  || { echo "$$NO_SIMD" >&2; $(PY) -m pip install -q pillow; }
 	$(PY) -m dcpipe.stages.shard.decoders
