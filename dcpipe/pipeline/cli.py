@@ -206,6 +206,7 @@ def init(ctx, method):
 @click.option("--dedup/--no-dedup", default=None)
 @click.option("--timeout", type=float)
 @click.option("--max-bytes", type=int)
+@click.option("--retries", type=int, help="More attempts after a 5xx, 429, timeout or dropped connection.")
 @click.option("--public-only/--no-public-only", default=None,
               help="Refuse local paths, file:// URLs and private/loopback/link-local addresses.")
 @click.option("--label-field", help="Adopted tars: the true label's JSON key, or a member extension "

@@ -55,6 +55,8 @@ def reject_record(o: Outcome) -> dict:
     record = {"row": o.row, "source": o.source, "reason": o.reason, "detail": o.detail}
     if o.key is not None:
         record["key"] = o.key
+    if o.attempts is not None:
+        record["attempts"] = o.attempts
     return record
 
 

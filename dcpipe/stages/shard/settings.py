@@ -11,7 +11,7 @@ from dcpipe.stages.sources import fetch
 MAX_SHARD_SIZE = 1_000_000  # the six-digit row part of a key
 RANGES = {"image_size": Range(1, 16384), "shard_size": Range(1, MAX_SHARD_SIZE),
           "workers": Range(1, 256), "threads": Range(1, 1024), "timeout": above(0, 3600),
-          "max_bytes": Range(1, 2**31)}
+          "max_bytes": Range(1, 2**31), "retries": Range(0, 10)}
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,11 @@ class ShardSettings:
     workers: int = 2  # processes
     threads: int = 8  # downloads in flight per process
     dedup: bool = False  # exact de-duplication by content hash
-    timeout: float = fetch.TIMEOUT  # seconds per download
+    timeout: float = fetch.TIMEOUT  # seconds per download attempt
     max_bytes: int = fetch.MAX_BYTES  # download / file size cap
     public_only: bool = False  # refuse local paths, file:// and private/loopback addresses
     label_field: str = DEFAULT_LABEL_FIELD  # adopted tars: JSON key or member (cls) of the true label
+    retries: int = fetch.RETRIES  # more attempts after a 5xx, 429, timeout or dropped connection
 
     def __post_init__(self):
         check_ranges(self, RANGES)

@@ -171,7 +171,7 @@ def shard(src, shards_dir, settings: ShardSettings = ShardSettings(), *, format=
         todo = [p for p in planned if p.index % world == rank and p.index not in done]
         rows = sources.iter_rows(src, **read, start=todo[0].row_start if todo else 0)
         fetch_opts = FetchOptions(settings.timeout, settings.max_bytes, settings.threads,
-                                  settings.public_only)
+                                  settings.public_only, settings.retries)
         tasks = _tasks(rows, todo, Limits(image_size=image_size), fetch_opts)
         context = {"source": sid, "format": fmt, "image_size": image_size}
         totals = _run(shards_dir, _results(tasks, pool, workers), todo, context,

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from dcpipe.shards.naming import make_key, sanitize_key
 
-from dcpipe.stages.sources.fetch import FetchError, fetch
+from dcpipe.stages.sources.connections import Connections
+from dcpipe.stages.sources.fetch import RETRIES, FetchError, fetch
 from dcpipe.stages.shard.resizer import ImageRejected, Limits, process_image
 from dcpipe.stages.sources.tables import Row
 
@@ -27,6 +28,7 @@ class FetchOptions:
     max_bytes: int
     threads: int = 1  # downloads of a shard in flight at once (they wait on the network)
     public_only: bool = False  # refuse local sources and non-global addresses
+    retries: int = RETRIES  # more attempts for a 5xx, a timeout, a dropped connection
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Outcome:
     reason: str | None = None
     detail: str = ""
     seconds: tuple = (0.0, 0.0)  # fetching, processing
+    attempts: int | None = None  # downloads tried, for a row whose download failed
 
 
 @dataclass
@@ -79,7 +82,7 @@ def _sample_meta(row: Row, key: str, p) -> dict:
     return meta
 
 
-def fetch_row(task: ShardTask, row: Row):
+def fetch_row(task: ShardTask, row: Row, connections: Connections):
     """(key, bytes, seconds) of a row, or its reject Outcome. Runs in a fetching thread."""
     if row.reject:
         return Outcome(row.row, row.recorded_source, None, reason=row.reject, detail=row.detail)
@@ -91,12 +94,12 @@ def fetch_row(task: ShardTask, row: Row):
     opts = task.fetch
     try:
         data = fetch(row.source, timeout=opts.timeout, max_bytes=opts.max_bytes,
-                     public_only=opts.public_only)
+                     public_only=opts.public_only, retries=opts.retries,
+                     connections=connections)
     except Exception as exc:  # whatever one row does, it ends as that row's reject
-        reason, detail = ((exc.reason, exc.detail) if isinstance(exc, FetchError)
-                          else (UNEXPECTED, repr(exc)))
-        return Outcome(row.row, row.recorded_source, key, reason=reason, detail=detail,
-                       seconds=(time.perf_counter() - start, 0.0))
+        failed = exc if isinstance(exc, FetchError) else FetchError(UNEXPECTED, repr(exc))
+        return Outcome(row.row, row.recorded_source, key, reason=failed.reason, detail=failed.detail,
+                       seconds=(time.perf_counter() - start, 0.0), attempts=failed.attempts)
     return key, data, time.perf_counter() - start
 
 
@@ -119,11 +122,12 @@ def process_row(task: ShardTask, row: Row, fetched) -> Outcome:
 
 
 def _prefetched(task: ShardTask):
-    """(row, fetch_row result) in row order; `threads` fetches run ahead of the decoding."""
-    with ThreadPoolExecutor(task.fetch.threads) as pool:
+    """(row, fetch_row result) in row order; `threads` fetches run ahead of the decoding,
+    reusing each other's kept-alive connections."""
+    with Connections() as connections, ThreadPoolExecutor(task.fetch.threads) as pool:
         window = deque()
         for row in task.rows:
-            window.append((row, pool.submit(fetch_row, task, row)))
+            window.append((row, pool.submit(fetch_row, task, row, connections)))
             if len(window) > 2 * task.fetch.threads:  # bounded: bodies wait in memory
                 row_done, future = window.popleft()
                 yield row_done, future.result()

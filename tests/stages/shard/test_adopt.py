@@ -37,7 +37,7 @@ def _workspace(tmp_path):
 def test_an_img2dataset_folder_is_adopted_counted_and_labelled(tmp_path):
     tars = img2dataset_folder(tmp_path / "i2d", n_shards=2, per_shard=12)
     ws = _workspace(tmp_path)
-    adopted = _json(dcpipe(ws, "-q", "shard", "--src", str(tmp_path / "i2d")))
+    adopted = _json(dcpipe(ws, "-q", "shard", "--json", "--src", str(tmp_path / "i2d")))
     assert (adopted["format"], adopted["shards_written"], adopted["written"]) == ("webdataset", 2, 24)
     shards = list_shards(ws / "shards")
     assert [s.name for s in shards] == ["000000", "000001"]
@@ -70,8 +70,8 @@ def test_a_later_shard_of_another_source_keeps_the_adopted_shards(tmp_path):
     for i in range(3):
         (photos / f"{i}.jpg").write_bytes(photo(seed=i))
     ws = _workspace(tmp_path)
-    _json(dcpipe(ws, "-q", "shard", "--src", str(tmp_path / "i2d")))
-    _json(dcpipe(ws, "-q", "shard", "--src", str(tmp_path / "photos")))
+    _json(dcpipe(ws, "-q", "shard", "--json", "--src", str(tmp_path / "i2d")))
+    _json(dcpipe(ws, "-q", "shard", "--json", "--src", str(tmp_path / "photos")))
     collection = _json(dcpipe(ws, "status", "--json"))["collection"]
     assert (collection["shards"], collection["samples"]) == (3, 13)
     names = [s.name for s in Workspace.at(ws).round_shards(0)]

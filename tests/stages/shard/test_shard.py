@@ -13,10 +13,12 @@ from dcpipe.shards.naming import is_valid_key
 from dcpipe.stages.shard import ShardSettings
 from dcpipe.stages.shard import shard as shard_stage
 from dcpipe.stages.shard.stage import resolve_nodes
+from dcpipe.stages.sources import fetch as fetch_module
 from dcpipe.stages.sources.tables import SourceError
 
 shard = with_settings(shard_stage, ShardSettings)
-QUICK = {"progress": False, "timeout": 3.0, "max_bytes": 1 << 20}  # generous: CI machines are busy
+QUICK = {"progress": False, "timeout": 3.0, "max_bytes": 1 << 20,  # generous: CI machines are busy
+         "retries": 0}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,20 @@ def test_every_row_is_a_sample_or_a_specific_reject(server, tmp_path):
     manifest = load_manifest(out)["shards"]
     assert sum(e["rows"] for e in manifest) == stats["rows"]
     assert all(e["written"] + e["rejected"] == e["rows"] for e in manifest)
+
+
+def test_downloads_are_retried_recorded_and_share_connections(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch_module, "BACKOFF_S", 0.05)
+    urls = serve_photos(server, 12, prefix="keep")
+    flaky = [server.url("flaky/keep0.jpg?fail=1"), server.url("flaky/keep1.jpg?fail=9")]
+    src = write_csv(tmp_path / "list.csv", [{"url": u} for u in urls + flaky])
+    before = server.connections
+    stats = shard(src, tmp_path / "shards", workers=1, threads=2, **{**QUICK, "retries": 2})
+    assert (stats["written"], stats["rejects"]) == (13, {"http_503": 1})
+    record = json.loads((tmp_path / "shards" / "000000.rejects.jsonl").read_text())
+    assert (record["row"], record["reason"], record["attempts"]) == (13, "http_503", 3)
+    # 2 threads keep 2 connections; only the four 503 answers (not kept) cost a new one
+    assert server.connections - before <= 2 + 4 < len(urls)
 
 
 def _photo_folder(root, names):
