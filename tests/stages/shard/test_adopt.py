@@ -48,7 +48,8 @@ def test_an_img2dataset_folder_is_adopted_counted_and_labelled(tmp_path):
     collection = _json(dcpipe(ws, "status", "--json"))["collection"]
     assert (collection["shards"], collection["samples"], collection["rows"]) == (2, 24, 24)
     assert collection["rejected"] == 0
-    _json(dcpipe(ws, "-q", "cluster", "--round", "0"))
+    clustered = dcpipe(ws, "-q", "cluster", "--round", "0")
+    assert clustered.returncode == 0, clustered.stderr
     clusters = json.loads((ws / "rounds" / "0000" / "clusters.json").read_text())
     assert clusters["nmi_true"] is not None  # the json's `label` reached the feature store
 
