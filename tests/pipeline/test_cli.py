@@ -153,14 +153,21 @@ def test_status_of_a_missing_workspace_or_a_bad_config_exits_2(tmp_path):
 
 def test_ctrl_c_exits_130_and_frees_the_workspace(tmp_path):
     ws = tiny_workspace(tmp_path / "ws")
+    # SIGINT as a terminal delivers it: a suite started in the background (`cmd &` in a
+    # non-interactive shell) inherits SIGINT ignored, and Python keeps it ignored
     run = subprocess.Popen([DCPIPE, "-w", str(ws), "run", "--rounds", "1000"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (ws / "rounds" / "0000").exists():  # a round has begun: the command is busy
-        assert run.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate(timeout=60)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while not (ws / "rounds" / "0000").exists():  # a round has begun: the command is busy
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()  # never leave a 1000-round run behind a failed check
+        run.wait()
     assert run.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr and "Traceback" not in stderr
     with workspace_lock(ws / ".lock"):  # free: the interrupted command let go of it
