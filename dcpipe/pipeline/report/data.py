@@ -23,7 +23,7 @@ from dcpipe.stages.common.activations import conv_blocks
 from dcpipe.stages.sources.imagesets import ImageSet
 from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.labels import load_labels, read_index
-from dcpipe.stages.common.metrics import nmi
+from dcpipe.stages.common.metrics import contingency, nmi
 from dcpipe.stages.common.models import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.evaluate.probes import l2_normalise
@@ -193,7 +193,7 @@ def _composition(pairs: list, k: int) -> tuple[list, np.ndarray]:
     column = {name: j for j, name in enumerate(classes)}
     cluster_of = np.array([c for c, _ in pairs], dtype=np.int64)
     class_of = np.array([column[label] for _, label in pairs], dtype=np.int64)
-    return classes, contingency_of(cluster_of, class_of, (k, len(classes)))
+    return classes, contingency(cluster_of, class_of, (k, len(classes)))
 
 
 def to_uint8(images: torch.Tensor, px: int = THUMB_PX) -> np.ndarray:
@@ -287,12 +287,6 @@ def chance_baselines(composition: np.ndarray, seed: int) -> dict:
     cluster_of, class_of = np.repeat(clusters, counts), np.repeat(classes, counts)
     shuffled = seeds.rng(seed, 0, Domain.REPORT_SAMPLE, 4).permutation(class_of)
     return {"purity": purity(composition), "nmi": nmi(cluster_of, class_of),
-            "random_purity": purity(contingency_of(cluster_of, shuffled, composition.shape)),
+            "random_purity": purity(contingency(cluster_of, shuffled, composition.shape)),
             "random_nmi": nmi(cluster_of, shuffled),
             "majority_share": float(composition.sum(axis=0).max() / composition.sum())}
-
-
-def contingency_of(a: np.ndarray, b: np.ndarray, shape: tuple) -> np.ndarray:
-    table = np.zeros(shape, dtype=np.int64)
-    np.add.at(table, (a, b), 1)
-    return table

@@ -34,12 +34,15 @@ def ari(a, b) -> float:
     return float(adjusted_rand_score(a, b))
 
 
-def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dense co-occurrence counts over the label values present in a (rows) and b (columns)."""
-    _, ia = np.unique(a, return_inverse=True)
-    _, ib = np.unique(b, return_inverse=True)
-    table = np.zeros((ia.max() + 1, ib.max() + 1), dtype=np.int64)
-    np.add.at(table, (ia, ib), 1)
+def contingency(a: np.ndarray, b: np.ndarray, shape: tuple | None = None) -> np.ndarray:
+    """Dense co-occurrence counts over the label values present in a (rows) and b (columns);
+    with `shape`, a and b are already row and column indices (absent ones count 0)."""
+    if shape is None:
+        a = np.unique(a, return_inverse=True)[1]
+        b = np.unique(b, return_inverse=True)[1]
+        shape = (a.max() + 1, b.max() + 1)
+    table = np.zeros(shape, dtype=np.int64)
+    np.add.at(table, (a, b), 1)
     return table
 
 
