@@ -9,6 +9,7 @@ the temp files of killed or failed writers (shards/atomic.py).
 
 import json
 import sys
+from contextlib import ExitStack, contextmanager
 from functools import wraps
 
 import click
@@ -21,7 +22,7 @@ from dcpipe.pipeline.methods import DEFAULT_METHOD, METHOD_CHANGES
 from dcpipe.pipeline.workspace import Workspace, WorkspaceError
 from dcpipe.shards.atomic import no_room, remove_stale_temps
 from dcpipe.stages.cluster.settings import RANGES as CLUSTER_RANGES
-from dcpipe.stages.common.distributed import is_rank_zero
+from dcpipe.stages.common.distributed import ProcessGroup, is_rank_zero
 from dcpipe.stages.common.modelspec import RANGES as MODEL_RANGES
 from dcpipe.stages.evaluate.settings import RANGES as EVAL_RANGES
 from dcpipe.stages.evaluate.settings import EvalSettings
@@ -42,19 +43,32 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def handled(locked: bool):
-    """Turn known errors into clear messages and exit codes; hold the workspace lock if asked.
+@contextmanager
+def locked_workspace(ws: Workspace):
+    """Hold the workspace lock for a command, swept of killed writers' temp files.
 
-    Under torchrun only rank 0 takes the lock: the other ranks are part of the same command.
-    """
+    Under torchrun the ranks are one command: rank 0 takes the lock for all of them (they all
+    exit 75 if it is busy) and lets go only once every rank is through; the others start once
+    it is held and swept. The command's process group lives as long (the stages join it)."""
+    with ProcessGroup.start() as group, ExitStack() as held:
+        def take():
+            held.enter_context(workspace_lock(ws.lock_path))
+            remove_stale_temps(ws.root)
+
+        group.from_rank_zero(take)
+        yield
+        group.barrier()
+
+
+def handled(locked: bool):
+    """Turn known errors into clear messages and exit codes; hold the workspace lock if asked."""
     def decorate(command):
         @wraps(command)
         def wrapper(ctx, *args, **kwargs):
             ws = ctx.obj["ws"]
             try:
-                if locked and is_rank_zero():
-                    with workspace_lock(ws.lock_path):
-                        remove_stale_temps(ws.root)
+                if locked:
+                    with locked_workspace(ws):
                         return command(ctx, *args, **kwargs)
                 return command(ctx, *args, **kwargs)
             except WorkspaceBusy as exc:
@@ -303,10 +317,10 @@ def train(ctx, r, arch, input_size, sobel, as_json, **flags):
 def run(ctx, n_rounds):
     """Do whatever is missing up to round N-1, then exit (call it from cron)."""
     ws = ctx.obj["ws"]
-    log = click.echo if ctx.obj["progress"] else (lambda *_: None)
+    log = click.echo if ctx.obj["progress"] and is_rank_zero() else (lambda *_: None)
     done = rounds.run(ws, n_rounds, ws.config(), ctx.obj["progress"], log)
     log(f"{len(done)} step(s) done" if done else f"rounds 0..{n_rounds - 1} were already complete")
-    if ctx.obj["progress"]:
+    if ctx.obj["progress"] and is_rank_zero():
         click.echo(status.format_text(status.collect(ws)))
 
 

@@ -9,12 +9,20 @@ keep the workspace "busy" under a dead pid.
 `shard --num-nodes N` runs share the workspace: each holds the workspace lock shared plus a
 lock of its own node exclusively, so node runs exclude each other's rank, a plain `shard` and
 every other locking command, which all take the workspace lock exclusively.
+
+Across hosts (a workspace on a shared file system) the lock holds where flock does: Linux's NFS
+client turns flock into NFS byte-range locks that every client sees (not with the mount options
+`nolock` or `local_lock=flock|all`); Lustre needs `-o flock`. docs/distributed.md.
 """
 
+import errno
 import fcntl
 import os
+import socket
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from dcpipe.errors import DcpipeError
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: cron wrappers treat it as "try again later"
 
@@ -37,6 +45,13 @@ class WorkspaceBusy(Exception):
     pass
 
 
+class LocksUnsupported(DcpipeError):
+    """The workspace's file system refuses flock (an NFS mount without a lock service)."""
+
+
+NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
 @contextmanager
 def workspace_lock(path: Path, shared: bool = False, holder: str = ""):
     """Hold the flock on `path` (exclusive, or shared with other `shared` holders); the file
@@ -51,8 +66,14 @@ def workspace_lock(path: Path, shared: bool = False, holder: str = ""):
             named = os.pread(fd, 128, 0).decode(errors="replace").strip() or "unknown"
             raise WorkspaceBusy(f"workspace {path.parent} is busy: another dcpipe command "
                                 f"(pid {named}) holds {path}") from None
+        except OSError as exc:
+            if exc.errno not in NO_LOCKS:
+                raise
+            raise LocksUnsupported(f"cannot lock {path}: its file system refuses file locks "
+                                   f"({exc.strerror}); on NFS mount it with locking (not nolock "
+                                   "or local_lock), see docs/distributed.md") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}{holder}".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}{holder}".encode(), 0)
         yield
     finally:
         _held.discard(fd)

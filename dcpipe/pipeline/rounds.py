@@ -1,7 +1,10 @@
 """The DeepCluster cycle over a workspace: round r = features from model r-1 -> clusters -> model r.
 
 Each function performs one step of one round from the workspace's files and records the config
-it ran with; `run` performs whatever steps are missing, so cron can call it every hour.
+it ran with; `run` performs whatever steps are missing, so cron can call it every hour. Under
+torchrun every rank calls them: what a step reads from the workspace (which steps are done, the
+round's shard set, model r-1) is decided on rank 0 and handed to the others, and the workspace
+files outside the stages (config.json, shards.json) are written by rank 0 alone.
 Stage entry points are imported where used: `dcpipe status` should not pay for importing torch.
 """
 
@@ -11,7 +14,7 @@ from dataclasses import replace
 from dcpipe.pipeline.config import Config
 from dcpipe.pipeline.workspace import STEPS, Workspace, WorkspaceError
 from dcpipe.shards.atomic import atomic_write_json, read_json
-from dcpipe.stages.common.distributed import is_rank_zero
+from dcpipe.stages.common.distributed import ProcessGroup
 from dcpipe.stages.train import outputs as train_outputs
 
 
@@ -32,15 +35,21 @@ def _previous_model(ws: Workspace, r: int):
     return ws.round(r - 1).model
 
 
-def extract_round(ws: Workspace, r: int, config: Config, progress: bool = True) -> dict:
+def _extract_inputs(ws: Workspace, r: int, config: Config):
+    """Rank 0: model r-1 and round r's shard set (fixed here if new); the config recorded."""
     model_path = _previous_model(ws, r)  # before round_shards fixes the round's shard set
     shards = ws.round_shards(r)
+    _record(ws, r, "extract", config)
+    return model_path, shards
+
+
+def extract_round(ws: Workspace, r: int, config: Config, progress: bool = True) -> dict:
     from dcpipe.stages.extract import extract
 
-    if is_rank_zero():
-        _record(ws, r, "extract", config)
-    return extract(shards, ws.round(r).features, config.model, config.extract,
-                   model_path=model_path, seed=config.seed, progress=progress)
+    with ProcessGroup.start() as group:
+        model_path, shards = group.from_rank_zero(lambda: _extract_inputs(ws, r, config))
+        return extract(shards, ws.round(r).features, config.model, config.extract,
+                       model_path=model_path, seed=config.seed, progress=progress)
 
 
 def _make_way_for_clustering(ws: Workspace, r: int, force: bool) -> None:
@@ -60,40 +69,52 @@ def _make_way_for_clustering(ws: Workspace, r: int, force: bool) -> None:
         here.eval_record.unlink(missing_ok=True)
 
 
+def _previous_labels(ws: Workspace, r: int, config: Config):
+    """Rank 0: round r-1's labels if it has any (for the NMI between rounds); the config recorded."""
+    _record(ws, r, "cluster", config)
+    previous = ws.round(r - 1)
+    return previous.labels if r > 0 and previous.done("cluster") else None
+
+
 def cluster_round(ws: Workspace, r: int, config: Config, progress: bool = True,
                   force: bool = False) -> dict:
     """Extract if needed, then cluster; a clustered round is clustered again (see
     _make_way_for_clustering)."""
     from dcpipe.stages.cluster import cluster
 
-    _make_way_for_clustering(ws, r, force)
-    if not ws.step_done(r, "extract"):
-        extract_round(ws, r, config, progress)
-    _record(ws, r, "cluster", config)
-    previous = ws.round(r - 1)
-    return cluster(ws.round(r).features, ws.round(r).path, config.cluster, seed=config.seed,
-                   round_index=r,
-                   prev_labels_dir=previous.labels if r > 0 and previous.done("cluster") else None,
-                   progress=progress)
+    with ProcessGroup.start() as group:
+        extracted = group.from_rank_zero(
+            lambda: _make_way_for_clustering(ws, r, force) or ws.step_done(r, "extract"))
+        if not extracted:
+            extract_round(ws, r, config, progress)
+        prev_labels_dir = group.from_rank_zero(lambda: _previous_labels(ws, r, config))
+        return cluster(ws.round(r).features, ws.round(r).path, config.cluster, seed=config.seed,
+                       round_index=r, prev_labels_dir=prev_labels_dir, progress=progress)
 
 
-def train_round(ws: Workspace, r: int, config: Config, progress: bool = True) -> dict:
+def _train_inputs(ws: Workspace, r: int, config: Config):
+    """Rank 0: round r's labels checked, model r-1 and the round's shard set; the config recorded."""
     if not ws.step_done(r, "cluster"):
         raise WorkspaceError(f"round {r} has no labels: run `dcpipe cluster --round {r}` first")
     model_path = _previous_model(ws, r)
+    _record(ws, r, "train", config)
+    return model_path, ws.round_shards(r)
+
+
+def train_round(ws: Workspace, r: int, config: Config, progress: bool = True) -> dict:
     from dcpipe.stages.train import train
 
-    if is_rank_zero():
-        _record(ws, r, "train", config)
-    here = ws.round(r)
-    v2 = config.train.method == "deepcluster-v2"
-    heads = range(config.cluster.heads) if v2 else range(0)
-    return train(ws.round_shards(r), here.labels, here.path, config.model, config.train,
-                 model_path=model_path,
-                 body_optim_path=ws.round(r - 1).body_optimiser if r > 0 else None,
-                 more_labels=[here.head_labels(h) for h in heads if h > 0],
-                 centroids=[here.head_centroids(h) for h in heads],
-                 seed=config.seed, round_index=r, progress=progress)
+    with ProcessGroup.start() as group:
+        model_path, shards = group.from_rank_zero(lambda: _train_inputs(ws, r, config))
+        here = ws.round(r)
+        v2 = config.train.method == "deepcluster-v2"
+        heads = range(config.cluster.heads) if v2 else range(0)
+        return train(shards, here.labels, here.path, config.model, config.train,
+                     model_path=model_path,
+                     body_optim_path=ws.round(r - 1).body_optimiser if r > 0 else None,
+                     more_labels=[here.head_labels(h) for h in heads if h > 0],
+                     centroids=[here.head_centroids(h) for h in heads],
+                     seed=config.seed, round_index=r, progress=progress)
 
 
 STEP_FUNCTIONS = {"extract": extract_round, "cluster": cluster_round, "train": train_round}
@@ -102,16 +123,21 @@ STEP_FUNCTIONS = {"extract": extract_round, "cluster": cluster_round, "train": t
 def run(ws: Workspace, n_rounds: int, config: Config, progress: bool = True, log=print) -> list:
     """Perform every missing step of rounds 0..n_rounds-1; return [(round, step, seconds)].
 
+    Under torchrun every rank runs every step: rank 0 says which steps are missing, and the
+    ranks meet after each step, so none starts one before the last has finished everywhere.
     A cosine schedule with no [train] total_rounds spans the n_rounds of this run."""
     if config.train.lr_schedule == "cosine" and config.train.total_rounds == 0:
         config = replace(config, train=replace(config.train, total_rounds=n_rounds))
     done = []
-    for r in range(n_rounds):
-        for step in ("cluster", "train"):  # cluster extracts first when needed
-            if ws.step_done(r, step):
-                continue
-            log(f"round {r}: {step}")
-            start = time.perf_counter()
-            STEP_FUNCTIONS[step](ws, r, config, progress)
-            done.append((r, step, round(time.perf_counter() - start, 1)))
+    with ProcessGroup.start() as group:
+        for r in range(n_rounds):
+            for step in ("cluster", "train"):  # cluster extracts first when needed
+                if group.from_rank_zero(lambda: ws.step_done(r, step)):
+                    continue
+                if group.rank == 0:
+                    log(f"round {r}: {step}")
+                start = time.perf_counter()
+                STEP_FUNCTIONS[step](ws, r, config, progress)
+                group.barrier()
+                done.append((r, step, round(time.perf_counter() - start, 1)))
     return done

@@ -1,6 +1,7 @@
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,7 +42,7 @@ def test_second_holder_is_refused_with_the_holders_pid(tmp_path):
     lock = tmp_path / ".lock"
     proc = _holder(lock)
     try:
-        with pytest.raises(WorkspaceBusy, match=f"pid {proc.pid}"):
+        with pytest.raises(WorkspaceBusy, match=f"pid {proc.pid} on {socket.gethostname()}"):
             with workspace_lock(lock):
                 pass
     finally:

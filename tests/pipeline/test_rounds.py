@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 import time
 
 from support.cli import DCPIPE, dcpipe
@@ -44,6 +45,25 @@ def test_run_does_only_what_is_missing_and_continues_later(tmp_path):
                    "deepcluster"]
     again = dcpipe(ws, "run", "--rounds", "2")
     assert again.returncode == 0 and "already complete" in again.stdout
+    for command in (["run", "--rounds", "2"], ["status"]):  # cron's no-op: no heavy imports
+        assert _heavy_imports(ws, command) == []
+
+
+NO_OP = """
+import sys
+from dcpipe.pipeline.cli import main
+try:
+    main(["-w", sys.argv[1], "-q", *sys.argv[2:]], prog_name="dcpipe")
+finally:
+    print(sorted(m for m in ("torch", "zarr", "faiss", "PIL") if m in sys.modules))
+"""
+
+
+def _heavy_imports(ws, command):
+    out = subprocess.run([sys.executable, "-c", NO_OP, str(ws), *command], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1].replace("'", '"'))
 
 
 def test_a_second_run_while_one_works_exits_75_at_once(tmp_path):

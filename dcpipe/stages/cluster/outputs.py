@@ -1,7 +1,7 @@
 """What the cluster stage leaves in a round directory, and whether it is done (no torch)."""
 from pathlib import Path
 
-from dcpipe.stages.common.labels import FOLDER, INDEX
+from dcpipe.stages.common.labelnames import FOLDER, INDEX
 
 LABELS = FOLDER  # the label shard index of head 0 (common/labels.py)
 RECORD = "clusters.json"  # written last: the stage's commit

@@ -39,14 +39,15 @@ class ProcessGroup:
 
     @classmethod
     def start(cls) -> "ProcessGroup":
-        import torch
-        import torch.distributed as dist
-
+        """Join the ranks (usable as `with ProcessGroup.start() as group:`, which closes it)."""
         r, world = rank(), world_size()
         if not 0 <= r < max(world, 1):
             raise SettingsError(f"RANK {r} outside WORLD_SIZE {world}")
         if world <= 1:
-            return cls(0, 1, False)
+            return cls(0, 1, False)  # alone: no torch import (a no-op cron run stays cheap)
+        import torch
+        import torch.distributed as dist
+
         owned = not dist.is_initialized()
         if owned:
             cuda = torch.cuda.is_available()
@@ -68,6 +69,25 @@ class ProcessGroup:
 
             dist.barrier()
 
+    def from_rank_zero(self, decide):
+        """`decide()` run on rank 0 alone, its result (or the exception it raised) given to every
+        rank: decisions read from files are taken once, so ranks on hosts whose views of a shared
+        file system lag cannot take different ones, and rank 0's writes in it happen once."""
+        if self.world == 1:
+            return decide()
+        import torch.distributed as dist
+
+        outcome = [None, None]
+        if self.rank == 0:
+            try:
+                outcome[0] = decide()
+            except Exception as exc:
+                outcome[1] = exc
+        dist.broadcast_object_list(outcome, src=0)  # pickled between our own ranks only
+        if outcome[1] is not None:
+            raise outcome[1]
+        return outcome[0]
+
     def sum(self, tensor):
         """`tensor` summed over ranks (the tensor itself alone)."""
         if self.world == 1:
@@ -83,3 +103,9 @@ class ProcessGroup:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+    def __enter__(self) -> "ProcessGroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -100,11 +100,6 @@ def create_store(path, *, counts, dim: int, dtype: str, chunk_rows: int, attrs: 
     fsync_dir(path.parent)
 
 
-def is_complete(path) -> bool:
-    """Whether the store at `path` holds every shard's rows (read without opening zarr)."""
-    return bool(read_json(Path(path) / "zarr.json", {}).get("attributes", {}).get("complete"))
-
-
 class FeatureStore:
     """A store opened for reading (any process) or for committing shards (the extract stage)."""
 

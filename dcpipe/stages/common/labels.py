@@ -29,10 +29,8 @@ import numpy as np
 from dcpipe.errors import FileFormatError
 from dcpipe.shards.atomic import atomic_write_bytes, fsync_dir
 from dcpipe.shards.naming import is_valid_key
+from dcpipe.stages.common.labelnames import FOLDER, INDEX
 from dcpipe.stages.common.safeload import load_npy
-
-FOLDER = "labels"  # the index's folder in a round directory
-INDEX = "index.json"
 FORMAT = 1
 WRITERS = 8
 

@@ -17,10 +17,18 @@ A folder's rows are fingerprinted by each file's path inside the folder, so the 
 named from another working directory is the same source. Plans of version 1 fingerprinted
 them by the path as given on the command line: their folder digests are dropped once and
 recomputed (the folder's listing file already fixes its row order).
+
+Reading a whole list to find it unchanged is what a cron run with nothing to do would spend its
+time on (seconds per million rows), so a source file's entry also records its `file` identity
+after a full check: size, mtime and ctime (ns), inode, and a digest of its last MiB. While they
+are all the same the rows are not read again: the file was not written since (any write moves
+ctime, which no tool sets back), and the tail digest also catches a rewrite whose timestamps
+were lost (a file system with coarse ones). Any difference, growth included, means a full check.
 """
 
 import copy
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -30,6 +38,8 @@ from dcpipe.shards.manifest import load_plan, save_plan
 from dcpipe.stages.sources.tables import SourceError
 
 PLAN_VERSION = 2  # 2: a folder's rows are fingerprinted by their path inside the folder
+
+TAIL_BYTES = 1 << 20  # the file identity's digest covers this much of the end of the file
 
 # Options that change what a shard holds: a rerun must use the same ones.
 SHAPING_OPTIONS = ("format", "url_col", "key_col", "meta_cols", "image_size", "shard_size")
@@ -108,19 +118,40 @@ def _check_unchanged(source_id: str, entry: dict, planned: list[PlannedShard], d
         i += n_shards(run)
 
 
+def file_identity(path) -> dict | None:
+    """What stays the same while a source file is not written (module docstring); None for a
+    folder or anything else that is not a regular file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        f.seek(max(0, st.st_size - TAIL_BYTES))
+        tail = hashlib.blake2b(f.read(TAIL_BYTES), digest_size=16).hexdigest()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino, "tail": tail}
+
+
 def extend_plan(shards_dir, source_id: str, options: dict, texts: Iterable[str],
-                first_free: int = 0) -> tuple[dict, int]:
+                first_free: int = 0, source_file=None) -> tuple[dict, int]:
     """Check the planned rows of `texts` (one per row) and plan those beyond; return the
     source's plan entry and its row count.
 
     `first_free`: no new shard gets a lower index (the manifest's shards are kept even if
-    plan.json was lost).
+    plan.json was lost). `source_file`: the file `texts` come from: while its identity is the
+    one recorded after the last full check, its rows are not read (all are planned).
     """
     plan = _migrated(load_plan(shards_dir))
     recorded = plan["sources"].get(source_id)
     entry = copy.deepcopy(recorded) or {"options": options, "runs": []}
     _check_options(source_id, entry["options"], options)
     covered = entry["runs"][-1]["row_end"] if entry["runs"] else 0
+    identity = file_identity(source_file) if source_file is not None else None
+    fingerprinted = all("digests" in run for run in entry["runs"])
+    if identity is not None and entry.get("file") == identity and fingerprinted:
+        return entry, covered
     planned = planned_shards(entry)
     n_rows, digests = _fingerprints(texts, _shard_ends(planned, covered, options["shard_size"]))
     if n_rows < covered:
@@ -132,6 +163,8 @@ def extend_plan(shards_dir, source_id: str, options: dict, texts: Iterable[str],
                               "row_start": covered, "row_end": n_rows,
                               "shard_size": options["shard_size"],
                               "digests": digests[len(planned):]})
+    unchanged = identity is not None and file_identity(source_file) == identity  # while read
+    entry["file"] = identity if unchanged else None
     if entry != recorded:
         plan["sources"][source_id] = entry
         save_plan(shards_dir, plan)

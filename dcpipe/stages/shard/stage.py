@@ -126,7 +126,8 @@ def _prepare(src, shards_dir, read: dict, shaping: dict):
             raise sources.SourceError(f"cannot read image folder {src}: {exc}") from exc
     recorded = [e["index"] for e in load_manifest(shards_dir)["shards"]]
     entry, n_rows = extend_plan(shards_dir, sid, shaping, sources.row_texts(src, **read),
-                                max(recorded, default=-1) + 1)
+                                max(recorded, default=-1) + 1,
+                                source_file=None if read["format"] == "folder" else src)
     return sid, n_rows, planned_shards(entry)
 
 

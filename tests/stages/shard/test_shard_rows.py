@@ -194,3 +194,30 @@ def test_plans_from_before_fingerprints_get_them_and_are_checked_from_then_on(se
     write_csv(src, [{"url": u} for u in urls[::-1]])
     with pytest.raises(SourceError, match=r"rows 0-1 \(shard 0\)"):
         shard(src, out, shard_size=2, **QUICK)
+
+
+def _bytes_read(call):
+    """What `call` returns, and the bytes this process read meanwhile (the kernel's count)."""
+    def rchar():
+        return int(Path("/proc/self/io").read_text().split("rchar:")[1].split()[0])
+    before = rchar()
+    result = call()
+    return result, rchar() - before
+
+
+def test_an_unchanged_list_is_not_read_again_and_a_rewrite_behind_old_times_is_refused(tmp_path):
+    rows = [{"url": str(tmp_path / f"gone{i}.jpg"), "caption": f"{i:06d}" * 700}
+            for i in range(1000)]
+    src = write_csv(tmp_path / "list.csv", rows)  # 4 MB: rows that are rejected at once
+    out = tmp_path / "shards"
+    assert shard(src, out, shard_size=500, **QUICK)["rejected"] == 1000
+    stats, read = _bytes_read(lambda: shard(src, out, shard_size=500, **QUICK))
+    assert stats["shards_skipped"] == 2 and stats["rows"] == 0
+    assert read < src.stat().st_size / 3  # its tail and first row, not every row
+    was = src.stat()
+    rows[1], rows[2] = rows[2], rows[1]  # same size, far from the tail, old times put back
+    write_csv(src, rows)
+    os.utime(src, ns=(was.st_atime_ns, was.st_mtime_ns))
+    assert src.stat().st_size == was.st_size
+    with pytest.raises(SourceError, match=r"was rewritten: rows 0-499 \(shard 0\)"):
+        shard(src, out, shard_size=500, **QUICK)
