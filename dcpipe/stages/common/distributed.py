@@ -39,14 +39,14 @@ class ProcessGroup:
 
     @classmethod
     def start(cls) -> "ProcessGroup":
-        import torch
-        import torch.distributed as dist
-
         r, world = rank(), world_size()
         if not 0 <= r < max(world, 1):
             raise SettingsError(f"RANK {r} outside WORLD_SIZE {world}")
         if world <= 1:
-            return cls(0, 1, False)
+            return cls(0, 1, False)  # without importing torch: the cluster stage alone needs none
+        import torch
+        import torch.distributed as dist
+
         owned = not dist.is_initialized()
         if owned:
             cuda = torch.cuda.is_available()
@@ -77,6 +77,66 @@ class ProcessGroup:
         moved = tensor.to(self.device)
         dist.all_reduce(moved)
         return moved.to(tensor.device)
+
+    # numpy arrays (C-contiguous, writable) are combined in place and returned
+    def reduce_array(self, array, op: str = "sum"):
+        """Element-wise sum or max of every rank's `array`, on every rank."""
+        import torch.distributed as dist
+
+        reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+        return self._in_place(array, lambda t: dist.all_reduce(t, op=reduce_op))
+
+    def broadcast_array(self, array):
+        """Rank 0's `array` into every rank's (same shape and dtype)."""
+        import torch.distributed as dist
+
+        return self._in_place(array, lambda t: dist.broadcast(t, src=0))
+
+    def gather_rows(self, part, full, spans: list[tuple[int, int]]) -> None:
+        """Rank r's `part` into rows spans[r] of rank 0's `full` (rank 0's own part is in
+        place already; other ranks pass full=None)."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        if self.rank == 0:
+            for r, (first, stop) in enumerate(spans[1:], start=1):
+                if stop > first:
+                    self._in_place(full[first:stop], lambda t, r=r: dist.recv(t, src=r))
+        elif len(part):
+            self._in_place(part, lambda t: dist.send(t, dst=0))
+
+    def all_gather_object(self, obj) -> list:
+        """Every rank's (picklable) `obj`, in rank order."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj):
+        """Rank 0's (picklable) `obj` on every rank."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _in_place(self, array, collective):
+        if self.world == 1:
+            return array
+        import torch
+
+        tensor = torch.from_numpy(array)  # shares the array's memory
+        moved = tensor.to(self.device)  # NCCL works on the GPU's copy
+        collective(moved)
+        if moved is not tensor:
+            tensor.copy_(moved.cpu())
+        return array
 
     def close(self) -> None:
         if self.owned:
