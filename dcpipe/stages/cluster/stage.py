@@ -80,18 +80,9 @@ def cluster(store_path, out_dir, settings: ClusterSettings = ClusterSettings(), 
     write the same files, bit for bit, as one process would: only rank 0 writes them, and every
     rank returns its record once they exist.
     """
-    group = ProcessGroup.start()
-    try:
-        return _cluster(group, store_path, Path(out_dir), settings, seed=seed,
-                        round_index=round_index, prev_labels_dir=prev_labels_dir,
-                        chunk_rows=chunk_rows, progress=progress)
-    finally:
-        group.close()
-
-
-def _cluster(group: ProcessGroup, store_path, out_dir: Path, settings: ClusterSettings, *, seed,
-             round_index, prev_labels_dir, chunk_rows, progress) -> dict:
     started = time.perf_counter()
+    group = ProcessGroup.start()
+    out_dir = Path(out_dir)
     store = open_complete(store_path)
     valid = read_valid(store)
     n_valid = int(valid.sum())

@@ -2,8 +2,9 @@
 one timeout, one rank-zero check.
 
 Alone (WORLD_SIZE unset or 1) everything is a no-op. Under torchrun the group is started once
-(gloo on CPU, NCCL on GPU) by whoever needs it first and closed by whoever started it.
+(gloo on CPU, NCCL on GPU) by whoever needs it first and lives until the process exits.
 """
+import atexit
 import os
 from datetime import timedelta
 
@@ -34,27 +35,31 @@ def is_rank_zero() -> bool:
 class ProcessGroup:
     """This process's place among the ranks; `start()` joins torch.distributed when world > 1."""
 
-    def __init__(self, rank_: int, world: int, owned: bool):
-        self.rank, self.world, self.owned = rank_, world, owned
+    def __init__(self, rank_: int, world: int):
+        self.rank, self.world = rank_, world
 
     @classmethod
     def start(cls) -> "ProcessGroup":
+        """Joins the group, once per process: the group then serves every later stage of the
+        process (`dcpipe cluster` extracting first, `dcpipe run`) and is destroyed at exit. A
+        group destroyed and started again in one torchrun job can meet the old group's
+        addresses in torchrun's store, and gloo then fails to connect."""
         r, world = rank(), world_size()
         if not 0 <= r < max(world, 1):
             raise SettingsError(f"RANK {r} outside WORLD_SIZE {world}")
         if world <= 1:
-            return cls(0, 1, False)  # without importing torch: the cluster stage alone needs none
+            return cls(0, 1)  # without importing torch: the cluster stage alone needs none
         import torch
         import torch.distributed as dist
 
-        owned = not dist.is_initialized()
-        if owned:
+        if not dist.is_initialized():
             cuda = torch.cuda.is_available()
             if cuda:
                 torch.cuda.set_device(local_rank())  # NCCL's collectives run on the current device
             dist.init_process_group("nccl" if cuda else "gloo", rank=r, world_size=world,
                                     timeout=TIMEOUT)
-        return cls(r, world, owned)
+            atexit.register(dist.destroy_process_group)
+        return cls(r, world)
 
     @property
     def device(self):
@@ -137,9 +142,3 @@ class ProcessGroup:
         if moved is not tensor:
             tensor.copy_(moved.cpu())
         return array
-
-    def close(self) -> None:
-        if self.owned:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
