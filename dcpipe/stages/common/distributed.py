@@ -86,6 +86,8 @@ class ProcessGroup:
     # numpy arrays (C-contiguous, writable) are combined in place and returned
     def reduce_array(self, array, op: str = "sum"):
         """Element-wise sum or max of every rank's `array`, on every rank."""
+        if self.world == 1:
+            return array
         import torch.distributed as dist
 
         reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
@@ -93,6 +95,8 @@ class ProcessGroup:
 
     def broadcast_array(self, array):
         """Rank 0's `array` into every rank's (same shape and dtype)."""
+        if self.world == 1:
+            return array
         import torch.distributed as dist
 
         return self._in_place(array, lambda t: dist.broadcast(t, src=0))
@@ -132,8 +136,6 @@ class ProcessGroup:
         return box[0]
 
     def _in_place(self, array, collective):
-        if self.world == 1:
-            return array
         import torch
 
         tensor = torch.from_numpy(array)  # shares the array's memory
