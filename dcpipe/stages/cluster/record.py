@@ -11,8 +11,8 @@ from dcpipe.stages.common.labels import LabelsError, load_labels, read_index
 
 
 def _metrics():
-    """stages.metrics, imported only once scores are due: scikit-learn adds ~60 MB to the
-    process, which then lands after the k-means sample is freed instead of under the peak."""
+    """stages.metrics, imported only once scores are due: scipy.optimize adds ~47 MB to the
+    process, which then lands after the k-means fit instead of under its peak."""
     from dcpipe.stages.common import metrics
     return metrics
 
@@ -31,11 +31,11 @@ def size_summary(sizes: np.ndarray) -> dict:
 
 def true_label_scores(labels: np.ndarray, true: np.ndarray | None) -> dict:
     """nmi_true / ari_true / acc_true / n_true (None when the store carries no true labels)."""
-    if true is None or not ((labels >= 0) & (true >= 0)).any():
+    counts = _metrics().PairCounts.of(labels, true) if true is not None else None
+    if counts is None or counts.n == 0:
         return {"nmi_true": None, "ari_true": None, "acc_true": None, "n_true": 0}
-    scores = _metrics().compare(labels, true)
-    return {"nmi_true": scores["nmi"], "ari_true": scores["ari"], "acc_true": scores["acc"],
-            "n_true": scores["n"]}
+    return {"nmi_true": counts.nmi(), "ari_true": counts.ari(), "acc_true": counts.accuracy(),
+            "n_true": counts.n}
 
 
 class PreviousRound:
@@ -47,8 +47,7 @@ class PreviousRound:
             self.shards = {s["name"] for s in read_index(prev_labels_dir)["shards"]} if prev_labels_dir else set()
         except LabelsError:
             self.dir, self.shards = None, set()
-        self.current: list[np.ndarray] = []
-        self.previous: list[np.ndarray] = []
+        self.pairs = _metrics().PairCounts()
 
     def add(self, name: str, keys: list[str], labels: np.ndarray) -> None:
         if name not in self.shards:
@@ -56,12 +55,9 @@ class PreviousRound:
         prev_keys, prev_labels = load_labels(self.dir, name)
         position = dict(zip(prev_keys, range(len(prev_keys))))
         at = np.array([position.get(key, -1) for key in keys], dtype=np.int64)
-        self.current.append(labels[at >= 0])
-        self.previous.append(prev_labels[at[at >= 0]])
+        self.pairs.add(labels[at >= 0], prev_labels[at[at >= 0]])
 
     def scores(self) -> dict:
-        cur = np.concatenate(self.current) if self.current else np.zeros(0, np.int32)
-        prev = np.concatenate(self.previous) if self.previous else np.zeros(0, np.int32)
-        matched = int(((cur >= 0) & (prev >= 0)).sum())
-        return {"nmi_prev": _metrics().nmi(cur, prev) if matched else None, "n_prev_matched": matched,
+        matched = self.pairs.n
+        return {"nmi_prev": self.pairs.nmi() if matched else None, "n_prev_matched": matched,
                 "prev_labels_dir": str(self.dir) if self.dir else None}

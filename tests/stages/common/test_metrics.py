@@ -57,3 +57,26 @@ def test_bad_inputs_are_refused():
         metrics.nmi([0, 1], [0, 1, 1])
     with pytest.raises(ValueError, match="no sample"):
         metrics.ari([-1, 0], [1, -1])
+
+
+def test_scores_equal_scikit_learns_on_random_labellings():
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    rng = np.random.default_rng(1)
+    for n, k, c in ((50, 7, 3), (5000, 40, 10), (20000, 300, 5)):
+        pred, true = rng.integers(0, k, n), rng.integers(0, c, n)
+        related = rng.random(n) < 0.5  # half the samples agree: scores well away from 0 and 1
+        true[related] = pred[related] % c
+        assert metrics.nmi(pred, true) == pytest.approx(normalized_mutual_info_score(true, pred), abs=1e-12)
+        assert metrics.ari(pred, true) == pytest.approx(adjusted_rand_score(true, pred), abs=1e-12)
+
+
+def test_counts_added_block_by_block_equal_one_pass(monkeypatch):
+    # merged many times (a tiny merge threshold, blocks of 1,000): the same counts as in one go
+    rng = np.random.default_rng(2)
+    pred, true = rng.integers(-1, 50, 30000), rng.integers(-1, 8, 30000)
+    whole = metrics.compare(pred, true)
+    monkeypatch.setattr(metrics, "BLOCK", 1000)
+    monkeypatch.setattr(metrics.PairCounts, "MERGE_AT", 2500)
+    assert metrics.compare(pred, true) == whole
+    assert whole["n"] == int(((pred >= 0) & (true >= 0)).sum())
