@@ -102,7 +102,9 @@ class CentroidSums:
         self.counts = np.zeros(k, dtype=np.int64)
 
     def add(self, rows: np.ndarray, labels: np.ndarray) -> None:
-        fixed = np.rint(rows.astype(np.float64) * 2.0 ** FIXED_POINT_BITS).astype(np.int64)
+        # float32 rows: scaling by a power of two and rounding to an integer are exact in float32
+        scaled = rows * np.float32(2.0 ** FIXED_POINT_BITS)
+        fixed = np.rint(scaled, out=scaled).astype(np.int64)
         one_hot = scipy.sparse.csr_matrix(
             (np.ones(len(labels), dtype=np.int64), (labels, np.arange(len(labels)))),
             shape=(len(self.counts), len(labels)))
