@@ -251,9 +251,9 @@ def table(rows: list[dict]) -> str:
         ratio = lambda key, fmt: format(r[key], fmt) if key in r else "-"  # noqa: E731
         same = {True: "yes", False: "NO"}.get(r.get("same_as_1_proc"), "-")
         lines.append(f"| {r['data']} | {r['n']:,} | {r['seed']} | {r['path']} | {r.get('procs', 1)} | "
-                     f"{r['seconds']:.1f} | {r['s_per_m_rows']:.1f} | {ratio('time_ratio', '.2f')}x | "
+                     f"{r['seconds']:.1f} | {r['s_per_m_rows']:.1f} | {ratio('time_ratio', '.2f')} | "
                      f"{r['peak_rss'] / 2**20:.0f} | {r['peak_rss_sum'] / 2**20:.0f} | "
-                     f"{ratio('rss_ratio', '.2f')}x | {r['objective']:.5f} | {ratio('objective_ratio', '.4f')} | "
+                     f"{ratio('rss_ratio', '.2f')} | {r['objective']:.5f} | {ratio('objective_ratio', '.4f')} | "
                      f"{ratio('nmi_vs_reference', '.3f')} | {same} |")
     return "\n".join(lines)
 
