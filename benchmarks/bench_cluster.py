@@ -6,20 +6,26 @@
                (max_points_per_centroid = 10M as in their code), then index.search on all points
     streamed   dcpipe's stages.cluster.cluster(): PCA and k-means on a bounded sample, then
                `--refine-passes` Lloyd passes over every row (streamed), every row assigned by
-               streaming the store, empty clusters split
+               streaming the store, empty clusters split; `--procs 1 2`: in one process, and
+               under `torchrun --nproc-per-node 2` (its labels checked equal to 1 process's)
 
-Each runs in its own process; peak RSS is that process's ru_maxrss (os.wait4). The k-means
-objective is defined identically for both and computed here by streaming the store: the mean,
-over ALL valid points, of the squared distance between the point (projected with that run's own
-PCA, L2-normalised) and its assigned centroid.
+Each runs in its own process(es); peak RSS is each process's ru_maxrss (the largest rank's and
+the sum over ranks are shown); wall s is the time inside cluster() (rank 0's: no interpreter or
+torchrun start-up). With the reference, the k-means objective is computed here for both by
+streaming the store: the mean, over ALL valid points, of the squared distance between the point
+(projected with that run's own PCA, L2-normalised) and its assigned centroid; without it
+(`--no-reference`), the streamed run's own `objective_final`, which is the same quantity.
 
     python benchmarks/bench_cluster.py --n 1000000 --k 10000 --sample-sizes 500000 100000 --refine-passes 2 0
+    python benchmarks/bench_cluster.py --n 1000000 10000000 --k 10000 --sample-sizes 500000 \
+        --procs 1 2 --no-reference --store-dir /data/bench     # 10M x 256 float16: a 5 GB store
     python benchmarks/bench_cluster.py --n --store ws/rounds/0005/features.zarr --k 1000   # a real store
 """
 
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -29,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 SHARD_SIZE = 10_000
 CHUNK_ROWS = 4096
 
@@ -115,20 +122,27 @@ def worker(argv: list[str]) -> None:
     else:
         result = run_streamed(Path(a["store"]), Path(a["out"]), a["k"], a["pca_dim"], a["niter"],
                               a["seed"], a["sample_size"], a["refine_passes"])
-    Path(a["result"]).write_text(json.dumps(result))
+    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Path(f"{a['result']}.rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(result))
 
 
-def measure(mode: str, store: Path, out: Path, **options) -> dict:
-    """Run one worker process; its result plus its peak RSS (bytes) from wait4."""
-    result_path = out / f"{mode}.result.json"
+def measure(mode: str, store: Path, out: Path, procs: int = 1, **options) -> dict:
+    """Run one worker process (or `procs` ranks under torchrun); rank 0's result, with the
+    largest peak RSS (bytes) of any rank and their sum."""
+    out.mkdir(parents=True, exist_ok=True)
+    result_path = out / f"{mode}.result"
+    for old in out.glob(f"{mode}.result.rank*.json"):
+        old.unlink()
     args = json.dumps({"mode": mode, "store": str(store), "out": str(out), "result": str(result_path),
                        **options})
-    proc = subprocess.Popen([sys.executable, __file__, "--worker", args])
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{mode} worker failed with exit code {proc.returncode}")
-    return {**json.loads(result_path.read_text()), "peak_rss": usage.ru_maxrss * 1024}
+    launcher = [sys.executable] if procs == 1 else [TORCHRUN, "--standalone", "--nproc-per-node", str(procs)]
+    code = subprocess.run([*launcher, __file__, "--worker", args]).returncode
+    if code:
+        raise RuntimeError(f"{mode} worker failed with exit code {code}")
+    ranks = [json.loads(result_path.with_name(f"{result_path.name}.rank{r}.json").read_text())
+             for r in range(procs)]
+    peaks = [r["peak_rss"] for r in ranks]
+    return {**ranks[0], "procs": procs, "peak_rss": max(peaks), "peak_rss_sum": sum(peaks)}
 
 
 # ------------------------------------------------------------------ the shared objective
@@ -178,46 +192,69 @@ def fastest(runs: list[dict]) -> dict:
     return {**best, "runs_seconds": [round(r["seconds"], 1) for r in runs]}
 
 
+def same_labels(a: Path, b: Path) -> bool:
+    """Do two runs' label shard indexes hold the same bytes?"""
+    files = [{p.name: p.read_bytes() for p in sorted((out / "labels").iterdir())} for out in (a, b)]
+    return files[0] == files[1]
+
+
 def bench_one(store: Path, work: Path, n: int, seed: int, args, data: str = "blobs") -> list[dict]:
     from dcpipe.stages.common import metrics
 
     options = {"k": args.k, "pca_dim": args.pca_dim, "niter": args.niter, "seed": seed}
-    paths = {"reference": ("reference", work / "reference", {})}
+    paths = {} if args.no_reference else {"reference": ("reference", work / "reference", {}, 1)}
     for sample in args.sample_sizes:
         size = None if sample == "default" else int(sample)
         for passes in args.refine_passes:
-            name = f"streamed-{sample}-refine{passes}"
-            paths[name] = ("streamed", work / name, {"sample_size": size, "refine_passes": passes})
+            for procs in args.procs:
+                name = f"streamed-{sample}-refine{passes}-p{procs}"
+                paths[name] = ("streamed", work / name,
+                               {"sample_size": size, "refine_passes": passes}, procs)
     runs = {name: [] for name in paths}
     for _ in range(args.repeat):  # interleaved, so that load from other users hits all paths alike
-        for name, (mode, out, extra) in paths.items():
-            runs[name].append(measure(mode, store, out, **options, **extra))
-    ref = fastest(runs.pop("reference"))
-    ref["objective"], ref_labels = reference_objective(store, work / "reference")
-    rows = [{"data": data, "n": n, "seed": seed, "path": "reference", **ref, "sample_size": n}]
+        for name, (mode, out, extra, procs) in paths.items():
+            runs[name].append(measure(mode, store, out, procs, **options, **extra))
+    rows, ref_labels = [], None
+    if not args.no_reference:
+        ref = fastest(runs.pop("reference"))
+        ref["objective"], ref_labels = reference_objective(store, work / "reference")
+        rows.append({"data": data, "n": n, "seed": seed, "path": "reference", **ref, "sample_size": n})
     for name, results in runs.items():
         res = fastest(results)
-        res["objective"], labels = dcpipe_objective(store, paths[name][1])
-        res["nmi_vs_reference"] = metrics.nmi(labels, ref_labels)
+        out, procs = paths[name][1], paths[name][3]
+        if ref_labels is None:
+            res["objective"] = res["own_objective"]
+        else:
+            res["objective"], labels = dcpipe_objective(store, out)
+            res["nmi_vs_reference"] = metrics.nmi(labels, ref_labels)
+        one = paths.get(name.rsplit("-p", 1)[0] + "-p1")
+        if procs > 1 and one is not None:
+            res["same_as_1_proc"] = same_labels(out, one[1])
         how = "default" if name.startswith("streamed-default") else "fixed"
         path = f"streamed ({how} sample {res['sample_size']:,}, {res['refine_passes']} refine passes)"
         rows.append({"data": data, "n": n, "seed": seed, **res, "path": path})
     for row in rows:
-        row["time_ratio"] = row["seconds"] / ref["seconds"]
-        row["objective_ratio"] = row["objective"] / ref["objective"]
-        row["rss_ratio"] = row["peak_rss"] / ref["peak_rss"]
+        row["s_per_m_rows"] = row["seconds"] / (n / 1e6)
+        if not args.no_reference:
+            row["time_ratio"] = row["seconds"] / ref["seconds"]
+            row["objective_ratio"] = row["objective"] / ref["objective"]
+            row["rss_ratio"] = row["peak_rss"] / ref["peak_rss"]
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"| data | N | seed | path | wall s | vs ref | peak RSS MiB | vs ref | objective | vs ref | "
-            f"NMI vs ref |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| data | N | seed | path | procs | wall s | s / M rows | vs ref | peak RSS MiB (largest rank) "
+            "| summed over ranks | vs ref | objective | vs ref | NMI vs ref | labels = 1 proc |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        nmi = f"{r['nmi_vs_reference']:.3f}" if "nmi_vs_reference" in r else "-"
-        lines.append(f"| {r['data']} | {r['n']:,} | {r['seed']} | {r['path']} | {r['seconds']:.1f} | {r['time_ratio']:.2f}x | "
-                     f"{r['peak_rss'] / 2**20:.0f} | {r['rss_ratio']:.2f}x | {r['objective']:.5f} | "
-                     f"{r['objective_ratio']:.4f} | {nmi} |")
+        ratio = lambda key, fmt: format(r[key], fmt) if key in r else "-"  # noqa: E731
+        same = {True: "yes", False: "NO"}.get(r.get("same_as_1_proc"), "-")
+        lines.append(f"| {r['data']} | {r['n']:,} | {r['seed']} | {r['path']} | {r.get('procs', 1)} | "
+                     f"{r['seconds']:.1f} | {r['s_per_m_rows']:.1f} | {ratio('time_ratio', '.2f')} | "
+                     f"{r['peak_rss'] / 2**20:.0f} | {r['peak_rss_sum'] / 2**20:.0f} | "
+                     f"{ratio('rss_ratio', '.2f')} | {r['objective']:.5f} | {ratio('objective_ratio', '.4f')} | "
+                     f"{ratio('nmi_vs_reference', '.3f')} | {same} |")
     return "\n".join(lines)
 
 
@@ -226,7 +263,8 @@ def objective_summary(rows: list[dict]) -> str:
     start lands in different local optima, so one seed says little about a 1% difference."""
     ratios = {}
     for r in rows:
-        ratios.setdefault((r["data"], r["n"], r["path"]), []).append(r["objective_ratio"])
+        if "objective_ratio" in r:
+            ratios.setdefault((r["data"], r["n"], r["path"]), []).append(r["objective_ratio"])
     return "\n".join(f"{data} N={n:,} {path}: objective / reference over {len(v)} seed(s): mean {np.mean(v):.4f}, "
                      f"min {min(v):.4f}, max {max(v):.4f}" for (data, n, path), v in ratios.items())
 
@@ -250,17 +288,25 @@ def main() -> None:
                    help="streamed runs: Lloyd passes over every row after the fit on the sample")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="k-means seeds (one run each)")
     p.add_argument("--repeat", type=int, default=1, help="runs per path (interleaved); the fastest counts")
-    p.add_argument("--workdir", type=Path, default=None, help="stores and outputs (default: a temp dir)")
+    p.add_argument("--procs", type=int, nargs="+", default=[1],
+                   help="streamed runs: 1 = one process, P > 1 = torchrun --nproc-per-node P")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the all-in-RAM reference (it holds N x D float32 twice)")
+    p.add_argument("--workdir", type=Path, default=None, help="outputs (default: a temp dir)")
+    p.add_argument("--store-dir", type=Path, default=None,
+                   help="synthetic stores, kept for later runs (default: the workdir)")
     args = p.parse_args()
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench_cluster_"))
+    store_dir = args.store_dir or root
+    store_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.n:
         started = time.perf_counter()
-        store = make_blob_store(root / f"blobs-{n}-{args.dim}-{args.blobs}.zarr", n, args.dim, args.blobs, 0)
+        store = make_blob_store(store_dir / f"blobs-{n}-{args.dim}-{args.blobs}.zarr", n, args.dim, args.blobs, 0)
         print(f"N={n:,}: store ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         for seed in args.seeds:
             rows += bench_one(store, root / f"run-{n}-{args.k}-{args.niter}-{seed}", n, seed, args)
-            print(json.dumps(rows[-1 - len(args.sample_sizes):], default=float), file=sys.stderr)
+            print(json.dumps(rows[-1], default=float), file=sys.stderr)
     for number, store in enumerate(args.store):
         n = int(zarr.open_group(store, mode="r")["valid"][:].sum())
         for seed in args.seeds:
@@ -269,7 +315,7 @@ def main() -> None:
     print("\n".join(f"store {number}: {store}" for number, store in enumerate(args.store)))
     print(f"k={args.k}, niter={args.niter}, D={args.dim} (synthetic), pca_dim={args.pca_dim}, "
           f"blobs={args.blobs}, repeat={args.repeat} (fastest run counts), {os.cpu_count()} CPUs, "
-          "faiss threads: all")
+          "threads: all in one process, 1 per rank under torchrun (its default)")
     print(table(rows))
     print(objective_summary(rows))
 

@@ -49,8 +49,9 @@ def locked_workspace(ws: Workspace):
 
     Under torchrun the ranks are one command: rank 0 takes the lock for all of them (they all
     exit 75 if it is busy) and lets go only once every rank is through; the others start once
-    it is held and swept. The command's process group lives as long (the stages join it)."""
-    with ProcessGroup.start() as group, ExitStack() as held:
+    it is held and swept. The stages join the command's process group, which lives until exit."""
+    group = ProcessGroup.start()
+    with ExitStack() as held:
         def take():
             held.enter_context(workspace_lock(ws.lock_path))
             remove_stale_temps(ws.root)

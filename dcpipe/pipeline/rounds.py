@@ -46,10 +46,10 @@ def _extract_inputs(ws: Workspace, r: int, config: Config):
 def extract_round(ws: Workspace, r: int, config: Config, progress: bool = True) -> dict:
     from dcpipe.stages.extract import extract
 
-    with ProcessGroup.start() as group:
-        model_path, shards = group.from_rank_zero(lambda: _extract_inputs(ws, r, config))
-        return extract(shards, ws.round(r).features, config.model, config.extract,
-                       model_path=model_path, seed=config.seed, progress=progress)
+    group = ProcessGroup.start()
+    model_path, shards = group.from_rank_zero(lambda: _extract_inputs(ws, r, config))
+    return extract(shards, ws.round(r).features, config.model, config.extract,
+                   model_path=model_path, seed=config.seed, progress=progress)
 
 
 def _make_way_for_clustering(ws: Workspace, r: int, force: bool) -> None:
@@ -82,14 +82,14 @@ def cluster_round(ws: Workspace, r: int, config: Config, progress: bool = True,
     _make_way_for_clustering)."""
     from dcpipe.stages.cluster import cluster
 
-    with ProcessGroup.start() as group:
-        extracted = group.from_rank_zero(
-            lambda: _make_way_for_clustering(ws, r, force) or ws.step_done(r, "extract"))
-        if not extracted:
-            extract_round(ws, r, config, progress)
-        prev_labels_dir = group.from_rank_zero(lambda: _previous_labels(ws, r, config))
-        return cluster(ws.round(r).features, ws.round(r).path, config.cluster, seed=config.seed,
-                       round_index=r, prev_labels_dir=prev_labels_dir, progress=progress)
+    group = ProcessGroup.start()
+    extracted = group.from_rank_zero(
+        lambda: _make_way_for_clustering(ws, r, force) or ws.step_done(r, "extract"))
+    if not extracted:
+        extract_round(ws, r, config, progress)
+    prev_labels_dir = group.from_rank_zero(lambda: _previous_labels(ws, r, config))
+    return cluster(ws.round(r).features, ws.round(r).path, config.cluster, seed=config.seed,
+                   round_index=r, prev_labels_dir=prev_labels_dir, progress=progress)
 
 
 def _train_inputs(ws: Workspace, r: int, config: Config):
@@ -104,17 +104,17 @@ def _train_inputs(ws: Workspace, r: int, config: Config):
 def train_round(ws: Workspace, r: int, config: Config, progress: bool = True) -> dict:
     from dcpipe.stages.train import train
 
-    with ProcessGroup.start() as group:
-        model_path, shards = group.from_rank_zero(lambda: _train_inputs(ws, r, config))
-        here = ws.round(r)
-        v2 = config.train.method == "deepcluster-v2"
-        heads = range(config.cluster.heads) if v2 else range(0)
-        return train(shards, here.labels, here.path, config.model, config.train,
-                     model_path=model_path,
-                     body_optim_path=ws.round(r - 1).body_optimiser if r > 0 else None,
-                     more_labels=[here.head_labels(h) for h in heads if h > 0],
-                     centroids=[here.head_centroids(h) for h in heads],
-                     seed=config.seed, round_index=r, progress=progress)
+    group = ProcessGroup.start()
+    model_path, shards = group.from_rank_zero(lambda: _train_inputs(ws, r, config))
+    here = ws.round(r)
+    v2 = config.train.method == "deepcluster-v2"
+    heads = range(config.cluster.heads) if v2 else range(0)
+    return train(shards, here.labels, here.path, config.model, config.train,
+                 model_path=model_path,
+                 body_optim_path=ws.round(r - 1).body_optimiser if r > 0 else None,
+                 more_labels=[here.head_labels(h) for h in heads if h > 0],
+                 centroids=[here.head_centroids(h) for h in heads],
+                 seed=config.seed, round_index=r, progress=progress)
 
 
 STEP_FUNCTIONS = {"extract": extract_round, "cluster": cluster_round, "train": train_round}
@@ -129,15 +129,15 @@ def run(ws: Workspace, n_rounds: int, config: Config, progress: bool = True, log
     if config.train.lr_schedule == "cosine" and config.train.total_rounds == 0:
         config = replace(config, train=replace(config.train, total_rounds=n_rounds))
     done = []
-    with ProcessGroup.start() as group:
-        for r in range(n_rounds):
-            for step in ("cluster", "train"):  # cluster extracts first when needed
-                if group.from_rank_zero(lambda: ws.step_done(r, step)):
-                    continue
-                if group.rank == 0:
-                    log(f"round {r}: {step}")
-                start = time.perf_counter()
-                STEP_FUNCTIONS[step](ws, r, config, progress)
-                group.barrier()
-                done.append((r, step, round(time.perf_counter() - start, 1)))
+    group = ProcessGroup.start()
+    for r in range(n_rounds):
+        for step in ("cluster", "train"):  # cluster extracts first when needed
+            if group.from_rank_zero(lambda: ws.step_done(r, step)):
+                continue
+            if group.rank == 0:
+                log(f"round {r}: {step}")
+            start = time.perf_counter()
+            STEP_FUNCTIONS[step](ws, r, config, progress)
+            group.barrier()
+            done.append((r, step, round(time.perf_counter() - start, 1)))
     return done

@@ -6,7 +6,7 @@ the caller allows it; everything else is identical, so CPU and GPU agree up to f
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 SPLIT_EPS = 1e-3
 
 FAISS_MIN_POINTS = 39  # faiss's default min_points_per_centroid
+
+FIXED_POINT_BITS = 30  # fraction bits of the refine passes' integer centroid sums
 
 
 def gpu_count(use_gpu: str) -> int:
@@ -85,17 +87,28 @@ def nearest(index, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CentroidSums:
-    """Per-centroid sums (float64) and counts of the rows assigned to each: one Lloyd update,
-    accumulated block by block over a stream, in O(k x d) memory."""
+    """Per-centroid sums and counts of the rows assigned to each: one Lloyd update, accumulated
+    block by block over a stream, in O(k x d) memory.
+
+    The sums are exact integers (int64 fixed point, FIXED_POINT_BITS fraction bits), so they
+    add up to the same bits in any order: across blocks, and across ranks (`over_ranks`). The
+    rows are L2-normalised (|component| <= 1), so a centroid's sum stays below 2^62 while it has
+    fewer than 2^32 rows; quantising to 2^-31 is below float32's precision of the means for any
+    component above 2^-7.
+    """
 
     def __init__(self, k: int, d: int):
-        self.sums = np.zeros((k, d))
+        self.sums = np.zeros((k, d), dtype=np.int64)
         self.counts = np.zeros(k, dtype=np.int64)
 
     def add(self, rows: np.ndarray, labels: np.ndarray) -> None:
-        one_hot = scipy.sparse.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))),
-                                          shape=(len(self.counts), len(labels)))
-        self.sums += one_hot @ rows.astype(np.float64)
+        # float32 rows: scaling by a power of two and rounding to an integer are exact in float32
+        scaled = rows * np.float32(2.0 ** FIXED_POINT_BITS)
+        fixed = np.rint(scaled, out=scaled).astype(np.int64)
+        one_hot = scipy.sparse.csr_matrix(
+            (np.ones(len(labels), dtype=np.int64), (labels, np.arange(len(labels)))),
+            shape=(len(self.counts), len(labels)))
+        self.sums += one_hot @ fixed
         self.counts += np.bincount(labels, minlength=len(self.counts))
 
     def accumulating(self, assign):
@@ -106,11 +119,18 @@ class CentroidSums:
             return labels, dist
         return assign_and_add
 
+    def over_ranks(self, group) -> "CentroidSums":
+        """Every rank's sums and counts added up (group: common.distributed.ProcessGroup)."""
+        group.reduce_array(self.sums)
+        group.reduce_array(self.counts)
+        return self
+
     def means(self, old: np.ndarray) -> np.ndarray:
         """The new centroids: the mean of each one's rows; one that got no row stays where it was."""
         new = old.copy()
         hit = self.counts > 0
-        new[hit] = (self.sums[hit] / self.counts[hit, None]).astype(old.dtype)
+        scale = self.counts[hit, None] * 2.0 ** FIXED_POINT_BITS
+        new[hit] = (self.sums[hit] / scale).astype(old.dtype)
         return new
 
 
@@ -122,12 +142,12 @@ class EmptyFix:
     objective_change: float = 0.0   # change of the summed squared distances due to the splits
 
 
-# stream(rows) -> iterable of (rows_part, x_part): the projected features of `rows` (sorted),
-# block by block in row order.
-RowStream = Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarray]]]
+# dots(rows, vectors, which) -> float64 x_row . vectors[which[i]] for each of the sorted `rows`,
+# x_row being the row's projected feature (read from the store).
+RowDots = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-def fill_empty_clusters(labels: np.ndarray, centroids: np.ndarray, seed: int, stream: RowStream) -> EmptyFix:
+def fill_empty_clusters(labels: np.ndarray, centroids: np.ndarray, seed: int, dots: RowDots) -> EmptyFix:
     """The paper's rule, out of core, until no cluster is empty. Edits labels and centroids in place.
 
     labels is the int32 label per store row (-1 for rows without a label): the only per-sample
@@ -153,7 +173,7 @@ def fill_empty_clusters(labels: np.ndarray, centroids: np.ndarray, seed: int, st
         sources = rng.choice(k, size=n_pairs, replace=False, p=spare / spare.sum())
         targets = empty[:n_pairs]
         deltas = _perturb(centroids, sources, targets, rng)
-        rows, slot, proj = _project_onto(labels, sources, deltas, stream)
+        rows, slot, proj = _project_onto(labels, sources, deltas, dots)
         order = np.argsort(slot, kind="stable")   # stable: row order within each source
         bounds = np.searchsorted(slot[order], np.arange(n_pairs + 1))
         for s, (j, e) in enumerate(zip(sources, targets)):
@@ -181,17 +201,13 @@ def _perturb(centroids: np.ndarray, sources, targets, rng) -> np.ndarray:
     return centroids[targets].astype(np.float64) - c
 
 
-def _project_onto(labels, sources, deltas, stream: RowStream):
+def _project_onto(labels, sources, deltas, dots: RowDots):
     """Rows of the source clusters (sorted), their source's slot, and x . delta for each."""
     slot_of = np.full(sources.max() + 1, -1, dtype=np.int32)
     slot_of[sources] = np.arange(len(sources))
     rows = np.flatnonzero(np.isin(labels, sources))
     slot = slot_of[labels[rows]]
-    proj = np.empty(len(rows))
-    for rows_part, x_part in stream(rows):
-        at = np.searchsorted(rows, rows_part)
-        proj[at] = np.einsum("ij,ij->i", x_part.astype(np.float64), deltas[slot[at]])
-    return rows, slot, proj
+    return rows, slot, dots(rows, deltas, slot)
 
 
 def _new_side(proj: np.ndarray, centre_dot: float, delta: np.ndarray) -> np.ndarray:

@@ -45,8 +45,9 @@ class RowSample:
         return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
     def position(self, start: int) -> int:
-        """Index in the sample of the first sampled row at or after chunk boundary `start`."""
-        return int(self.offsets[start // self.chunk_rows])
+        """Index in the sample of the first sampled row at or after chunk boundary `start` (the
+        sample's size at or past the store's end)."""
+        return int(self.offsets[min(start // self.chunk_rows, len(self.counts))])
 
     def wanted_blocks(self, block_rows: int) -> np.ndarray:
         """Boolean per read block: does it hold any sampled row?"""

@@ -2,8 +2,11 @@
 
 The authors' code trains faiss.PCAMatrix(D, 256, eigen_power=-0.5) on every feature held in
 RAM. Here the mean and the D x D covariance are accumulated in float64 block by block, so only
-D x D numbers are held whatever the number of rows. Rows are shifted by the first block's mean
-before the products are summed, which keeps the cancellation in E[xx'] - mm' harmless.
+D x D numbers are held whatever the number of rows: `CovarianceAccumulator` shifts rows by the
+first block's mean before the products are summed (which keeps the cancellation in E[xx'] - mm'
+harmless); `Moments` holds each block's own mean and centred products and merges two of them
+exactly as the pairwise formula says (Chan, Golub & LeVeque 1979), in any bracketing the caller
+fixes (the cluster stage: common/blocktree.py).
 """
 
 import io
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from dcpipe.shards.atomic import atomic_write_bytes
 from dcpipe.stages.common.safeload import load_npy
@@ -45,6 +49,32 @@ class CovarianceAccumulator:
             raise ValueError("PCA needs at least one row")
         centre = self.total / self.n
         return self.shift + centre, self.products / self.n - np.outer(centre, centre)
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Count, mean and centred cross-products (sum of (x - mean)(x - mean)') of some rows."""
+    n: int
+    mean: np.ndarray   # (D,) float64
+    m2: np.ndarray     # (D, D) float64
+
+    @classmethod
+    def of(cls, rows: np.ndarray) -> "Moments | None":
+        if not len(rows):
+            return None
+        x = rows.astype(np.float64)
+        mean = x.mean(axis=0)
+        x -= mean
+        return cls(len(x), mean, x.T @ x)
+
+    def __add__(self, other: "Moments") -> "Moments":
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        return Moments(n, self.mean + delta * (other.n / n),
+                       self.m2 + other.m2 + np.outer(delta, delta * (self.n * other.n / n)))
+
+    def mean_and_covariance(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.mean, self.m2 / self.n
 
 
 @dataclass
@@ -83,9 +113,12 @@ class WhiteningPCA:
             return cls(mean=z["mean"], matrix=z["matrix"], eigenvalues=z["eigenvalues"])
 
 
-def fit_whitening(acc: CovarianceAccumulator, out_dim: int) -> WhiteningPCA:
+def fit_whitening(acc: CovarianceAccumulator | Moments, out_dim: int) -> WhiteningPCA:
     mean, cov = acc.mean_and_covariance()
-    eigenvalues, vectors = np.linalg.eigh(cov)
+    # LAPACK's eigenvectors differ in their last bits with the BLAS thread count (torchrun gives
+    # each rank one thread): one thread, so that every process finds the same PCA
+    with threadpool_limits(1, user_api="blas"):
+        eigenvalues, vectors = np.linalg.eigh(cov)
     eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
     floor = max(eigenvalues[0], np.finfo(np.float64).tiny) * EIGEN_FLOOR
     scale = np.maximum(eigenvalues[:out_dim], floor) ** EIGEN_POWER

@@ -59,25 +59,22 @@ def extract(shards, store_path, model: ModelSpec = ModelSpec(),
     """
     started = time.monotonic()
     group = ProcessGroup.start()
-    try:
-        device = group.device
-        net, model_info = _model(model_path, model, seed)
-        net.to(device, memory_format=torch.channels_last).eval()
-        precision = autocast_dtype(settings.precision, device)
-        model_info["precision"] = "bf16" if precision else "fp32"  # the features depend on it
-        store = _prepare_store(group, shards, Path(store_path), model_info, settings.dtype,
-                               settings.chunk_rows)
-        mine = [s for s in range(len(shards)) if s % group.world == group.rank]
-        todo = [s for s in mine if not store.is_done(s)]
-        bar = tqdm(total=sum(shards[s].n_samples for s in todo), unit="img", smoothing=0.1,
-                   desc=f"extract rank {group.rank}", disable=not progress or group.rank != 0)
-        with bar:
-            counts = _extract_shards(net, store, shards, todo, device, bar, precision,
-                                     batch_size=settings.batch_size, workers=settings.workers,
-                                     input_size=net.config["input_size"])
-        complete = _finish(group, store)
-    finally:
-        group.close()
+    device = group.device
+    net, model_info = _model(model_path, model, seed)
+    net.to(device, memory_format=torch.channels_last).eval()
+    precision = autocast_dtype(settings.precision, device)
+    model_info["precision"] = "bf16" if precision else "fp32"  # the features depend on it
+    store = _prepare_store(group, shards, Path(store_path), model_info, settings.dtype,
+                           settings.chunk_rows)
+    mine = [s for s in range(len(shards)) if s % group.world == group.rank]
+    todo = [s for s in mine if not store.is_done(s)]
+    bar = tqdm(total=sum(shards[s].n_samples for s in todo), unit="img", smoothing=0.1,
+               desc=f"extract rank {group.rank}", disable=not progress or group.rank != 0)
+    with bar:
+        counts = _extract_shards(net, store, shards, todo, device, bar, precision,
+                                 batch_size=settings.batch_size, workers=settings.workers,
+                                 input_size=net.config["input_size"])
+    complete = _finish(group, store)
     seconds = time.monotonic() - started
     return {"store": str(store_path), "rows": store.n_rows, "dim": store.dim,
             "shards": len(shards), "shards_skipped": len(mine) - len(todo), **counts,

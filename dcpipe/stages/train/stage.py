@@ -98,11 +98,8 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = Model
     del config["workers"], config["checkpoint_every"]  # how to run, not what is computed
     _check_method(config, model)
     group = ProcessGroup.start()
-    try:
-        run = RoundTraining(group, shards, Path(labels_dir), out_dir, config)
-        return run.run(settings.workers, settings.checkpoint_every, progress)
-    finally:
-        group.close()
+    run = RoundTraining(group, shards, Path(labels_dir), out_dir, config)
+    return run.run(settings.workers, settings.checkpoint_every, progress)
 
 
 @dataclass(frozen=True)

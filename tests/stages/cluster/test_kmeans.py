@@ -4,17 +4,20 @@ import pytest
 from dcpipe.stages.cluster import kmeans
 
 
-def in_memory_stream(x: np.ndarray, block: int = 7):
-    """stream(rows) over an array, in blocks of `block` rows, counting the blocks it reads."""
+def in_memory_dots(x: np.ndarray, block: int = 7):
+    """dots(rows, vectors, which) over an array read in blocks of `block` rows, counting the
+    blocks it reads."""
     reads = []
 
-    def stream(rows):
+    def dots(rows, vectors, which):
+        out = np.zeros(len(rows))
         for start in range(0, len(x), block):
-            part = rows[(rows >= start) & (rows < start + block)]
-            if len(part):
+            at = np.flatnonzero((rows >= start) & (rows < start + block))
+            if len(at):
                 reads.append(start)
-                yield part, x[part]
-    return stream, reads
+                out[at] = np.einsum("ij,ij->i", x[rows[at]].astype(np.float64), vectors[which[at]])
+        return out
+    return dots, reads
 
 
 def test_split_sends_points_to_the_nearer_of_the_two_centroids():
@@ -24,8 +27,8 @@ def test_split_sends_points_to_the_nearer_of_the_two_centroids():
     labels[[3, 9]] = -1   # rows without a feature stay unlabelled
     centroids = np.stack([x[labels == 0].mean(axis=0), np.full(4, 9.0)]).astype(np.float32)
     before = ((x[labels == 0] - centroids[0]) ** 2).sum()
-    stream, _ = in_memory_stream(x)
-    fix = kmeans.fill_empty_clusters(labels, centroids, seed=1, stream=stream)
+    dots, _ = in_memory_dots(x)
+    fix = kmeans.fill_empty_clusters(labels, centroids, seed=1, dots=dots)
     assert (fix.empty_before, fix.splits, fix.passes) == (1, 1, 1)
     assert (labels[[3, 9]] == -1).all() and set(labels[labels >= 0]) == {0, 1}
     assert np.allclose(centroids[1], centroids[0], atol=1e-2)  # a copy, slightly perturbed
@@ -40,8 +43,8 @@ def test_identical_points_are_halved_and_every_cluster_filled():
     x = np.repeat(np.eye(3, dtype=np.float32), [6, 1, 1], axis=0)   # 6 copies of one point
     labels = np.array([0] * 6 + [1, 2], dtype=np.int32)
     centroids = np.concatenate([np.eye(3), np.zeros((4, 3))]).astype(np.float32)  # 4 empty
-    stream, reads = in_memory_stream(x, block=4)
-    fix = kmeans.fill_empty_clusters(labels, centroids, seed=0, stream=stream)
+    dots, reads = in_memory_dots(x, block=4)
+    fix = kmeans.fill_empty_clusters(labels, centroids, seed=0, dots=dots)
     assert np.bincount(labels, minlength=7).min() == 1
     assert (fix.empty_before, fix.splits) == (4, 4)
     assert fix.passes >= 2   # one splittable cluster at first: 1 -> 2 -> 4 splittable
@@ -56,7 +59,7 @@ def test_deterministic_for_a_seed():
         labels = (np.arange(60) % 3).astype(np.int32)
         centroids = np.zeros((8, 5), dtype=np.float32)
         centroids[:3] = x[:3]
-        kmeans.fill_empty_clusters(labels, centroids, seed=5, stream=in_memory_stream(x)[0])
+        kmeans.fill_empty_clusters(labels, centroids, seed=5, dots=in_memory_dots(x)[0])
         results.append((labels.copy(), centroids.copy()))
     assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
 
@@ -65,7 +68,7 @@ def test_no_splittable_cluster_is_an_error():
     labels = np.array([0, 1], dtype=np.int32)
     centroids = np.zeros((3, 2), dtype=np.float32)
     with pytest.raises(ValueError, match="k > N"):
-        kmeans.fill_empty_clusters(labels, centroids, seed=0, stream=in_memory_stream(np.zeros((2, 2)))[0])
+        kmeans.fill_empty_clusters(labels, centroids, seed=0, dots=in_memory_dots(np.zeros((2, 2)))[0])
 
 
 def test_training_records_faiss_iterations_and_gpu_switch_degrades_to_cpu():
