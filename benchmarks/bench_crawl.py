@@ -10,13 +10,14 @@ FILE --format yfcc100m --timeout T` with every other setting at its default, as 
 process group, while this script samples the group's RSS and the manifest's row count.
 
 Runs (each in its own workspace under --work):
-  uninterrupted  a clean run (skip with --skip-uninterrupted, e.g. when it was run before
-                 with the same --work, --rows and --seed)
-  killed         SIGKILL of the whole process group once `--kill-at` of the rows are recorded,
-                 then the same command again to the end; its tars must equal the clean run's
+  uninterrupted  a clean run (skip with --skip-uninterrupted when it was run before with the
+                 same --work, --rows and --seed; --drop-tars deletes its tars once checked)
+  killed         SIGKILL of the whole process group once `--kill-at` of the rows are recorded
+  rerun          the same command again, to the end; its tars must equal the clean run's
   no-op          the same command once more: every row is already sharded
 Then, from the files alone: samples (tar members) + rejects (records) == rows, every row exactly
-once; tar bytes of the two workspaces identical; disk per million rows.
+once; tar bytes of the two workspaces identical (sha256); disk per million rows. With
+`--kill-at 0` only the uninterrupted run and its no-op rerun.
 """
 
 import argparse
@@ -52,7 +53,7 @@ class Record:
     seconds: float = 0.0
     cpu_s: float = 0.0  # dcpipe's processes (main + reaped workers)
     server_cpu_s: float = 0.0
-    rss: list = field(default_factory=list)  # (manifest rows, RSS summed over the group)
+    rss: list = field(default_factory=list)  # (manifest rows, RSS of main, of its workers)
     hwm: dict = field(default_factory=dict)  # pid -> peak RSS the kernel saw (VmHWM)
     stats: dict | None = None  # what the command printed (--json); None when killed
 
@@ -89,15 +90,16 @@ def _vm_hwm(pid: int) -> int:
 
 
 def _sample(record: Record, pid: int, rows: int) -> None:
-    total = 0
+    rss = {}
     for p in _group(pid):
         try:
-            total += p.memory_info().rss
+            rss[p.pid] = p.memory_info().rss
             record.hwm[p.pid] = max(record.hwm.get(p.pid, 0), _vm_hwm(p.pid))
         except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
             pass
-    if total:
-        record.rss.append((rows, total))
+    if rss:
+        main = rss.pop(pid, 0)
+        record.rss.append((rows, main, sum(rss.values())))
 
 
 def run_shard(label: str, ws: Path, src: Path, opts, server: psutil.Process,
@@ -200,23 +202,28 @@ def start_server(photos: Path, port: int, stall_s: float) -> subprocess.Popen:
 
 
 def run_all(work: Path, opts, meta: dict, server: psutil.Process) -> tuple[list, dict]:
+    """The runs, then each complete workspace's checks (an earlier run's, when skipped)."""
     src, rows = Path(meta["path"]), meta["rows"]
-    records, dirs = [], {}
+    records, checks = [], {}
     clean = work / "uninterrupted"
     if not opts.skip_uninterrupted:
         records.append(run_shard("uninterrupted", _fresh(clean), src, opts, server))
-    if clean.exists():
-        dirs["uninterrupted"] = clean / "shards"
+        if not opts.kill_at:
+            records.append(run_shard("no-op", clean, src, opts, server))
+        crawl_checks.check_workspace(clean, rows)
+        if opts.drop_tars:
+            for tar in (clean / "shards").glob("*.tar"):
+                tar.unlink()
+    if (saved := crawl_checks.saved_checks(clean)) is not None:
+        checks["uninterrupted"] = saved
     if opts.kill_at:
         killed = _fresh(work / "killed")
         records.append(run_shard("killed", killed, src, opts, server,
                                  kill_at_rows=int(opts.kill_at * rows)))
         records.append(run_shard("rerun", killed, src, opts, server))
-        dirs["killed"] = killed / "shards"
         records.append(run_shard("no-op", killed, src, opts, server))
-    elif "uninterrupted" in dirs:
-        records.append(run_shard("no-op", clean, src, opts, server))
-    return records, dirs
+        checks["killed + rerun"] = crawl_checks.check_workspace(killed, rows)
+    return records, checks
 
 
 def _fresh(ws: Path) -> Path:
@@ -233,8 +240,9 @@ def _rss_by_stretch(record: Record, rows: int) -> list[float | None]:
     shard)."""
     peaks, low = [], 0.0
     for m in MILESTONES:
-        inside = [rss for r, rss in record.rss if low * rows <= r < m * rows]
-        peaks.append(max(inside) / MIB if inside else None)
+        inside = [(main + workers, main, workers) for r, main, workers in record.rss
+                  if low * rows <= r < m * rows]
+        peaks.append(tuple(v / MIB for v in max(inside)) if inside else None)
         low = m
     return peaks
 
@@ -253,41 +261,43 @@ def print_runs(records: list[Record], rows: int, opts) -> None:
               f"{r.stats['rejected'] if r.stats else '-':>8} {r.seconds:>8.1f} "
               f"{done / r.seconds:>7.1f} "
               f"{(f'{written / r.seconds:.1f}' if written is not None else '-'):>7} "
-              f"{max((s for _, s in r.rss), default=0) / MIB:>7.0f}M "
-              f"{100 * r.cpu_s / cores:>9.0f}% {100 * r.server_cpu_s / cores:>9.1f}%")
+              f"{max((a + b for _, a, b in r.rss), default=0) / MIB:>7.0f}M "
+              f"{f'{100 * r.cpu_s / cores:.0f}%' if r.stats else '-':>10} "
+              f"{100 * r.server_cpu_s / cores:>9.1f}%")
     print("(rows: rows recorded during the run; CPU: share of all cores over the run's wall "
-          "time; peakRSS: highest sample of RSS summed over the run's processes)")
+          "time, '-' for the killed run whose workers nobody reaps; peakRSS: highest sample of "
+          "RSS summed over the run's processes)")
 
 
 def print_rss(records: list[Record], rows: int) -> None:
-    print("\nRSS summed over the shard processes (main + workers), MiB: peak of the samples in "
-          "each stretch of rows ending at")
-    print(f"{'run':<14} " + " ".join(f"{f'{m:.0%}':>6}" for m in MILESTONES)
-          + f" {'sum of per-process VmHWM':>25}")
+    print("\nRSS of the shard processes, MiB, main + workers (summed): the highest sample "
+          "while working towards each share of the rows")
+    print(f"{'run':<14} " + " ".join(f"{f'{m:.0%}':>15}" for m in MILESTONES)
+          + f" {'sum of VmHWM':>13}")
     for r in records:
         if r.label == "no-op":
             continue
-        cells = [f"{p:6.0f}" if p is not None else f"{'-':>6}" for p in _rss_by_stretch(r, rows)]
-        print(f"{r.label:<14} " + " ".join(cells) + f" {sum(r.hwm.values()) / MIB:>24.0f}M")
+        cells = [f"{f'{p[0]:.0f} ({p[1]:.0f}+{p[2]:.0f})':>15}" if p is not None else f"{'-':>15}"
+                 for p in _rss_by_stretch(r, rows)]
+        print(f"{r.label:<14} " + " ".join(cells) + f" {sum(r.hwm.values()) / MIB:>12.0f}M")
 
 
-def print_checks(dirs: dict, meta: dict) -> None:
+def print_checks(checks: dict, meta: dict) -> None:
     rows = meta["rows"]
     print(f"\nsource mix (rows): {meta['kinds']}")
-    for name, shards in dirs.items():
-        acc = crawl_checks.accounting(shards, rows)
-        disk = crawl_checks.disk_bytes(shards)
+    for name, check in checks.items():
+        acc, disk = check["accounting"], check["disk"]
         ok = acc["samples"] + acc["rejected"] == rows == acc["manifest_rows"] and acc["once"]
         print(f"{name}: {acc['shards']} shards, samples {acc['samples']} + rejected "
               f"{acc['rejected']} = {acc['samples'] + acc['rejected']} of {rows} rows, every row "
               f"exactly once: {'OK' if ok else 'FAILED'}; disk {disk['tars'] / 1e9:.2f} GB tars "
               f"+ {disk['other'] / 1e6:.1f} MB other = {disk['tars'] / 1e9 * 1e6 / rows:.1f} GB "
               f"of tars per million rows")
-    if len(dirs) == 2:
-        a, b = (crawl_checks.tar_digests(d) for d in dirs.values())
+    if len(checks) == 2:
+        a, b = (check["digests"] for check in checks.values())
         same = a == b and len(a) > 0
-        print(f"killed + rerun vs uninterrupted: {len(a)} and {len(b)} tars, bytes "
-              f"{'identical' if same else 'DIFFERENT'}")
+        print(f"killed + rerun vs uninterrupted: {len(b)} and {len(a)} tars, bytes "
+              f"{'identical' if same else 'DIFFERENT'} (sha256 of each tar)")
 
 
 def print_rejects(records: list[Record]) -> None:
@@ -306,7 +316,11 @@ def main():
     parser.add_argument("--kill-at", type=float, default=0.5,
                         help="SIGKILL the group when this fraction of rows is recorded (0: no kill)")
     parser.add_argument("--work", type=Path, help="kept workspaces (default: a temp dir)")
-    parser.add_argument("--skip-uninterrupted", action="store_true")
+    parser.add_argument("--skip-uninterrupted", action="store_true",
+                        help="compare with the uninterrupted run already in --work")
+    parser.add_argument("--drop-tars", action="store_true",
+                        help="delete the uninterrupted run's tars once checked (saves disk; "
+                             "their digests stay in checks.json)")
     parser.add_argument("--threads", type=int, help="dcpipe's --threads (default: its default)")
     parser.add_argument("--sample-s", type=float, default=0.5)
     parser.add_argument("--photos", type=Path, default=PHOTOS)
@@ -319,14 +333,14 @@ def main():
         dead = refused_port(meta["dead_port"])
         server = start_server(opts.photos, meta["port"], opts.timeout + 1)
         try:
-            records, dirs = run_all(work, opts, meta, psutil.Process(server.pid))
+            records, checks = run_all(work, opts, meta, psutil.Process(server.pid))
         finally:
             server.terminate()
             server.wait()
             dead.close()
         print_runs(records, meta["rows"], opts)
         print_rss(records, meta["rows"])
-        print_checks(dirs, meta)
+        print_checks(checks, meta)
         print_rejects(records)
 
 

@@ -1,5 +1,7 @@
 """What the crawl benchmark checks in a shards folder, from the files alone (not from what the
-command printed): every row accounted once, the same tars in two folders, disk use."""
+command printed): every row accounted once, the tars' digests (to compare two runs), disk use.
+`check_workspace` keeps them in WS/checks.json, so that a later piece of a full-scale run can
+compare against a workspace whose tars were deleted to save disk."""
 
 import hashlib
 import json
@@ -64,3 +66,16 @@ def disk_bytes(shards_dir: Path) -> dict:
     files = [p for p in shards_dir.rglob("*") if p.is_file()]
     tars = sum(p.stat().st_size for p in files if p.suffix == ".tar")
     return {"tars": tars, "other": sum(p.stat().st_size for p in files) - tars}
+
+
+def check_workspace(ws: Path, rows: int) -> dict:
+    shards = ws / "shards"
+    checks = {"accounting": accounting(shards, rows), "disk": disk_bytes(shards),
+              "digests": tar_digests(shards)}
+    (ws / "checks.json").write_text(json.dumps(checks))
+    return checks
+
+
+def saved_checks(ws: Path) -> dict | None:
+    path = ws / "checks.json"
+    return json.loads(path.read_text()) if path.exists() else None
