@@ -126,12 +126,11 @@ def _fetched(task: ShardTask):
     slow or dead server (up to (retries + 1) x timeout) holds one thread, while the rows
     fetched meanwhile are decoded. `threads` fetches run, reusing each other's kept-alive
     connections; at most 2 x threads rows are in flight (bodies wait in memory)."""
-    rows = iter(task.rows)
+    rows, in_flight = iter(task.rows), {}  # future -> its row
     with Connections() as connections, ThreadPoolExecutor(task.fetch.threads) as pool:
         def submit(row):
             in_flight[pool.submit(fetch_row, task, row, connections)] = row
 
-        in_flight = {}
         for row in itertools.islice(rows, 2 * task.fetch.threads):
             submit(row)
         while in_flight:
