@@ -170,14 +170,16 @@ def prepare_source(work: Path, opts, n_photos: int) -> dict:
     meta_path, src = work / "source.json", work / "yfcc100m_dataset"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if (meta["rows"], meta["seed"], meta["photos"]) == (opts.rows, opts.seed, n_photos):
+        if (meta["rows"], meta["seed"], meta["photos"], meta["healthy"]) == (
+                opts.rows, opts.seed, n_photos, opts.healthy):
             return meta
-        raise SystemExit(f"{work} holds a source of {meta['rows']} rows, seed {meta['seed']}: "
-                         "use another --work")
+        raise SystemExit(f"{work} holds another source ({meta['rows']} rows, seed "
+                         f"{meta['seed']}, healthy {meta['healthy']}): use another --work")
     meta = {"rows": opts.rows, "seed": opts.seed, "photos": n_photos, "port": _free_port(),
-            "dead_port": _free_port(), "path": str(src)}
+            "dead_port": _free_port(), "path": str(src), "healthy": opts.healthy}
+    mix = crawl_source.HEALTHY if opts.healthy else crawl_source.MIX
     meta["kinds"] = crawl_source.write_source(src, opts.rows, opts.seed, n_photos, meta["port"],
-                                              meta["dead_port"])
+                                              meta["dead_port"], mix)
     meta_path.write_text(json.dumps(meta, indent=1))
     return meta
 
@@ -322,6 +324,8 @@ def main():
                         help="delete the uninterrupted run's tars once checked (saves disk; "
                              "their digests stay in checks.json)")
     parser.add_argument("--threads", type=int, help="dcpipe's --threads (default: its default)")
+    parser.add_argument("--healthy", action="store_true",
+                        help="every URL a photo that answers at once (no crawl failures)")
     parser.add_argument("--sample-s", type=float, default=0.5)
     parser.add_argument("--photos", type=Path, default=PHOTOS)
     opts = parser.parse_args()

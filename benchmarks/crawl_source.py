@@ -37,9 +37,12 @@ _TAIL = ("Attribution-NonCommercial+License\thttp://creativecommons.org/licenses
          "7205\t8\tdf7747990d\t692d7e0a7f\tjpg")
 
 
-def row_kinds(rows: int, seed: int):
+HEALTHY = {"photo": 1.0}  # a web where every URL answers at once: the cost of the threads
+
+
+def row_kinds(rows: int, seed: int, mix: dict):
     rng = random.Random(seed)
-    kinds, weights = list(MIX), list(MIX.values())
+    kinds, weights = list(mix), list(mix.values())
     for _ in range(rows):
         yield rng.choices(kinds, weights)[0]
 
@@ -57,11 +60,11 @@ def yfcc_line(row: int, kind: str, url: str) -> str:
 
 
 def write_source(path: Path, rows: int, seed: int, n_photos: int, port: int,
-                 dead_port: int) -> dict:
+                 dead_port: int, mix: dict = MIX) -> dict:
     """Write the file; return {kind: rows}."""
-    counts = dict.fromkeys(MIX, 0)
+    counts = dict.fromkeys(mix, 0)
     with open(path, "w") as f:
-        for row, kind in enumerate(row_kinds(rows, seed)):
+        for row, kind in enumerate(row_kinds(rows, seed, mix)):
             counts[kind] += 1
             f.write(yfcc_line(row, kind, _url(kind, row, n_photos, port, dead_port)))
     return counts
