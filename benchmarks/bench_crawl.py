@@ -222,6 +222,9 @@ def run_all(work: Path, opts, meta: dict, server: psutil.Process) -> tuple[list,
         killed = _fresh(work / "killed")
         records.append(run_shard("killed", killed, src, opts, server,
                                  kill_at_rows=int(opts.kill_at * rows)))
+        if records[-1].rows_after >= rows:
+            print("warning: every row was recorded before the kill; the kill test proves "
+                  "nothing at this size (use more rows or a smaller --kill-at)")
         records.append(run_shard("rerun", killed, src, opts, server))
         records.append(run_shard("no-op", killed, src, opts, server))
         checks["killed + rerun"] = crawl_checks.check_workspace(killed, rows)
