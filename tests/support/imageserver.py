@@ -7,10 +7,12 @@ an image); `/delay/<name>` (the same, 0.05 s late); `/status/<code>`; `/redirect
 at 64 MiB so the test server always stops); `/announced-huge` (Content-Length of 1 TB);
 `/flaky/<name>?fail=N&how=503|stall` (the first N requests of that exact path answer 503, or
 stall STALL_S and hang up; later ones serve the file); `/hangup/<name>` (serves the file as if
-the connection stayed open, then closes it: what a server does to an idle kept-alive one).
+the connection stayed open, then closes it: what a server does to an idle kept-alive one);
+`/gate/<name>?after=N` (serves the file once the server has had N other requests, or after
+GATE_S: a slow server whose answer comes only if the client keeps working meanwhile).
 Every loop is bounded in count and time.
 
-`/f`, `/delay`, `/status`, `/redirect` and `/flaky` keep the connection open (HTTP/1.1
+`/f`, `/delay`, `/status`, `/redirect`, `/gate` and `/flaky` keep the connection open (HTTP/1.1
 keep-alive); the hostile routes close it. `server.connections` counts the TCP connections
 accepted, `server.hits[path]` the requests per path.
 """
@@ -30,6 +32,7 @@ ENDLESS_CAP = 64 << 20
 DELAY_S = 0.05
 SLOW_HEADER_LINES = 40  # 20 s of headers: far beyond any test's timeout
 STALL_S = 3.0  # a stalled answer: beyond the timeouts the tests give
+GATE_S = 20.0  # the longest a gated answer waits for the requests it is waiting for
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -79,6 +82,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route_redirect(self, _, query):
         self._head(302, 0, extra=[("Location", query["to"][0])], keep_alive=True)
+
+    def _route_gate(self, name, query):
+        others = int(query["after"][0])
+        deadline = time.monotonic() + GATE_S
+        while sum(self.server.hits.values()) <= others and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._route_f(name, None)
 
     def _route_hangup(self, name, _):
         self._route_f(name, None)

@@ -19,7 +19,7 @@ class ShardSettings:
     image_size: int = 256  # shorter side at most this many pixels (never upscaled)
     shard_size: int = 1000  # input rows per shard
     workers: int = 2  # processes
-    threads: int = 8  # downloads in flight per process
+    threads: int = 32  # downloads in flight per process (a dead host holds one through its retries)
     dedup: bool = False  # exact de-duplication by content hash
     timeout: float = fetch.TIMEOUT  # seconds per download attempt
     max_bytes: int = fetch.MAX_BYTES  # download / file size cap

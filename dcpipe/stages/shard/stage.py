@@ -9,7 +9,8 @@
 2. Work: planned shards that are in neither the manifest nor another node's share
    (`index % num_nodes == node_rank`) are processed whole by `workers` processes
    (`worker.process_shard`: fetch, check, decode, resize, encode), each with
-   `threads` downloads in flight ahead of its decoding.
+   `threads` downloads in flight; rows are decoded as their downloads finish, so a slow or
+   dead server holds one thread, not the worker.
 3. Commit, in the main process and in shard order (`commit.py`): duplicate decisions,
    tar + rejects + stats JSON, then the manifest entry. Committing in order is what makes
    `dedup` deterministic under kill/rerun and any worker count.

@@ -5,11 +5,11 @@ the main process (workers=1) and in a process pool. It writes nothing: the main 
 the shard in order (see `stages.shard`), which keeps de-duplication deterministic.
 """
 
+import itertools
 import os
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from dcpipe.shards.naming import make_key, sanitize_key
@@ -121,18 +121,25 @@ def process_row(task: ShardTask, row: Row, fetched) -> Outcome:
     return outcome
 
 
-def _prefetched(task: ShardTask):
-    """(row, fetch_row result) in row order; `threads` fetches run ahead of the decoding,
-    reusing each other's kept-alive connections."""
+def _fetched(task: ShardTask):
+    """(row, fetch_row result) as the downloads finish, not in row order: a row waiting on a
+    slow or dead server (up to (retries + 1) x timeout) holds one thread, while the rows
+    fetched meanwhile are decoded. `threads` fetches run, reusing each other's kept-alive
+    connections; at most 2 x threads rows are in flight (bodies wait in memory)."""
+    rows, in_flight = iter(task.rows), {}  # future -> its row
     with Connections() as connections, ThreadPoolExecutor(task.fetch.threads) as pool:
-        window = deque()
-        for row in task.rows:
-            window.append((row, pool.submit(fetch_row, task, row, connections)))
-            if len(window) > 2 * task.fetch.threads:  # bounded: bodies wait in memory
-                row_done, future = window.popleft()
-                yield row_done, future.result()
-        for row_done, future in window:
-            yield row_done, future.result()
+        def submit(row):
+            in_flight[pool.submit(fetch_row, task, row, connections)] = row
+
+        for row in itertools.islice(rows, 2 * task.fetch.threads):
+            submit(row)
+        while in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                row = in_flight.pop(future)
+                if (following := next(rows, None)) is not None:
+                    submit(following)
+                yield row, future.result()
 
 
 def process_shard(task: ShardTask) -> ShardResult:
@@ -143,7 +150,8 @@ def process_shard(task: ShardTask) -> ShardResult:
     `fetch_s` and `process_s` add up the time of every row; `worker_s` is wall time.
     """
     start = time.perf_counter()
-    outcomes = [process_row(task, row, fetched) for row, fetched in _prefetched(task)]
+    outcomes = sorted((process_row(task, row, fetched) for row, fetched in _fetched(task)),
+                      key=lambda o: o.row)
     timings = {"fetch_s": sum(o.seconds[0] for o in outcomes),
                "process_s": sum(o.seconds[1] for o in outcomes),
                "worker_s": time.perf_counter() - start}

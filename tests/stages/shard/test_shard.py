@@ -61,6 +61,20 @@ def test_downloads_are_retried_recorded_and_share_connections(server, tmp_path, 
     assert server.connections - before <= 2 + 4 < len(urls)
 
 
+def test_a_slow_download_does_not_hold_up_the_rest_of_its_shard(server, tmp_path):
+    """The first row's server answers only once the 30 rows after it have been requested: the
+    worker must go on fetching and decoding them while that row waits (in a crawl, dead and
+    slow servers otherwise stall a whole worker for (retries + 1) x timeout each). The timeout
+    is far longer than those 30 rows take, even on a busy machine."""
+    urls = serve_photos(server, 30, prefix="after")
+    gate = server.url(f"gate/after0.jpg?after={sum(server.hits.values()) + len(urls)}")
+    src = write_csv(tmp_path / "list.csv", [{"url": u} for u in [gate] + urls])
+    stats = shard(src, tmp_path / "shards", workers=1, threads=2, **{**QUICK, "timeout": 10.0})
+    assert (stats["written"], stats["rejects"]) == (31, {})
+    samples = sorted(collection(tmp_path / "shards").items())
+    assert [meta["row"] for _, (_, meta) in samples] == list(range(31))  # still in row order
+
+
 def _photo_folder(root, names):
     for i, rel in enumerate(names):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
