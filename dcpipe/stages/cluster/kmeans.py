@@ -5,6 +5,8 @@ the caller allows it; everything else is identical, so CPU and GPU agree up to f
 """
 
 import logging
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,6 +34,19 @@ def gpu_count(use_gpu: str) -> int:
     if use_gpu == "yes" and available == 0:
         log.warning("use_gpu = yes but faiss sees no GPU: running on CPU")
     return 0 if use_gpu == "no" else available
+
+
+@contextmanager
+def host_threads(local_ranks: int):
+    """faiss on the threads of all this host's ranks while the others wait for this one (rank
+    0's fit on the sample): torchrun gives each rank OMP_NUM_THREADS=1, which would leave the
+    fit on one core. faiss's k-means gives the same bits on any thread count."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(min(before * local_ranks, os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def flat_index(centroids_or_dim, ngpu: int):

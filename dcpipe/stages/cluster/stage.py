@@ -33,7 +33,7 @@ from dcpipe.stages.cluster.record import PreviousRound, size_summary, true_label
 from dcpipe.stages.cluster.rowsample import RowSample
 from dcpipe.stages.cluster.settings import ClusterSettings
 from dcpipe.stages.common import seeds
-from dcpipe.stages.common.distributed import ProcessGroup
+from dcpipe.stages.common.distributed import ProcessGroup, local_world_size
 from dcpipe.stages.common.featurereader import (block_rows, open_complete, read_keys,
                                                 read_true_labels, read_valid, shard_names)
 from dcpipe.stages.common.labels import save_npy, write_labels
@@ -240,8 +240,9 @@ class KMeansFit:
                   **options) -> "KMeansFit":
         """Fitted once, on rank 0 (which holds the whole sample); every rank gets its centroids."""
         if group.rank == 0:
-            centroids, iterations = kmeans.train_kmeans(x, k, niter, seed, options["ngpu"],
-                                                        options["spherical"])
+            with kmeans.host_threads(local_world_size()):
+                centroids, iterations = kmeans.train_kmeans(x, k, niter, seed, options["ngpu"],
+                                                            options["spherical"])
         else:
             centroids, iterations = np.empty((k, x.shape[1]), dtype=np.float32), []
         return cls(group.broadcast_array(centroids), iterations, **options)
@@ -284,7 +285,8 @@ class PicFit:
     def on_sample(cls, group: ProcessGroup, x: np.ndarray, sample_size: int, ngpu: int) -> "PicFit":
         """PIC runs once, on rank 0 (which holds the whole sample); the other ranks get the
         sample and its labels, to label their rows by the nearest sampled one."""
-        labels = group.broadcast_object(pic(x, ngpu) if group.rank == 0 else None)
+        with kmeans.host_threads(local_world_size()):
+            labels = group.broadcast_object(pic(x, ngpu) if group.rank == 0 else None)
         whole = x if group.rank == 0 else np.empty((sample_size, x.shape[1]), dtype=np.float32)
         return cls(group.broadcast_array(whole), labels, ngpu)
 
