@@ -1,6 +1,8 @@
 """`dcpipe` under torchrun as several "nodes" on this machine: one torchrun process per node,
 static rendezvous on 127.0.0.1, as the multi-node recipe in docs/distributed.md runs them."""
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,13 +32,15 @@ def dcpipe_on_nodes(ws, *args, nodes=2, renames_log=None, timeout=180):
     procs = [subprocess.Popen([TORCHRUN, "--nnodes", str(nodes), "--nproc-per-node", "1",
                                "--node-rank", str(n), "--master-addr", "127.0.0.1",
                                "--master-port", str(port), DCPIPE, "-w", str(ws), *args],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              start_new_session=True)
              for n in range(nodes)]
     try:
         outputs = [p.communicate(timeout=timeout) for p in procs]
-    finally:
+    finally:  # the whole group: killing torchrun alone would orphan its ranks
         for p in procs:
-            p.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
             p.wait()
     return [subprocess.CompletedProcess(p.args, p.returncode, out, err)
             for p, (out, err) in zip(procs, outputs)]
