@@ -4,7 +4,8 @@ Each sampler stream runs in its own loader worker (one DataLoader with one worke
 which cuts it into chunks of `chunk` draws, decodes them and applies the train transform with
 the torch RNG seeded by (seed, rank, stream, chunk): a chunk's tensors are a function of its
 number alone. The main process takes chunks round-robin from the streams (chunk 0 of each
-stream, then chunk 1, ...; a finished stream drops out) and cuts that one sequence into batches.
+stream, then chunk 1, ...; a finished stream drops out) and cuts that one sequence into batches
+(images, labels, and each sample's shard and row: the memory bank's keys).
 So the rank's sequence of training samples is fixed by the seed, and resuming at draw M only
 needs M: each stream restarts at the chunk holding its next draw (`MergedBatches(start=M)`).
 """
@@ -23,6 +24,7 @@ from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.common.workererrors import handed_on, raised
 from dcpipe.stages.train.balanced_sampler import BalancedSampler
+
 
 class Batch(NamedTuple):
     images: torch.Tensor  # (n, *sample shape)
