@@ -8,12 +8,13 @@ files outside the stages (config.json, shards.json) are written by rank 0 alone.
 Stage entry points are imported where used: `dcpipe status` should not pay for importing torch.
 """
 
+import os
 import time
 from dataclasses import replace
 
 from dcpipe.pipeline.config import Config
 from dcpipe.pipeline.workspace import STEPS, Workspace, WorkspaceError
-from dcpipe.shards.atomic import atomic_write_json, read_json
+from dcpipe.shards.atomic import atomic_write_json, fsync_dir, read_json
 from dcpipe.stages.common.distributed import ProcessGroup
 from dcpipe.stages.train import outputs as train_outputs
 
@@ -36,20 +37,45 @@ def _previous_model(ws: Workspace, r: int):
 
 
 def _extract_inputs(ws: Workspace, r: int, config: Config):
-    """Rank 0: model r-1 and round r's shard set (fixed here if new); the config recorded."""
+    """Rank 0: model r-1, round r's shard set (fixed here if new), whether round r-1's bank
+    became round r's features; the config recorded."""
     model_path = _previous_model(ws, r)  # before round_shards fixes the round's shard set
     shards = ws.round_shards(r)
     _record(ws, r, "extract", config)
-    return model_path, shards
+    return model_path, shards, _adopt_bank(ws, r, [s.name for s in shards], config)
 
 
 def extract_round(ws: Workspace, r: int, config: Config, progress: bool = True) -> dict:
     from dcpipe.stages.extract import extract
 
     group = ProcessGroup.start()
-    model_path, shards = group.from_rank_zero(lambda: _extract_inputs(ws, r, config))
+    model_path, shards, adopted = group.from_rank_zero(lambda: _extract_inputs(ws, r, config))
+    if adopted:
+        attrs = _store_attrs(ws.round(r).features)
+        return {"store": str(ws.round(r).features), "rows": attrs["n_rows"], "dim": attrs["dim"],
+                "shards": len(shards), "seconds": 0.0, "from_bank": str(ws.round(r - 1).bank)}
     return extract(shards, ws.round(r).features, config.model, config.extract,
                    model_path=model_path, seed=config.seed, progress=progress)
+
+
+def _adopt_bank(ws: Workspace, r: int, shard_names: list[str], config: Config) -> bool:
+    """With [train] features = "bank", the store round r-1's training filled becomes round r's
+    features: a rename (whole or not at all; rank 0's alone), when it covers exactly round r's
+    shards (a collection that grew since is extracted: the bank has no rows for the new
+    shards). True when round r's features are that store."""
+    if config.train.features != "bank" or r == 0:
+        return False
+    bank, features = ws.round(r - 1).bank, ws.round(r).features
+    if not features.exists() and _store_attrs(bank).get("shard_names") == shard_names:
+        os.rename(bank, features)
+        fsync_dir(features.parent)
+        fsync_dir(bank.parent)
+    attrs = _store_attrs(features)
+    return bool(attrs.get("complete")) and attrs.get("model", {}).get("source") == "bank"
+
+
+def _store_attrs(store) -> dict:
+    return read_json(store / "zarr.json", {}).get("attributes", {})
 
 
 def _make_way_for_clustering(ws: Workspace, r: int, force: bool) -> None:
@@ -109,11 +135,14 @@ def train_round(ws: Workspace, r: int, config: Config, progress: bool = True) ->
     here = ws.round(r)
     v2 = config.train.method == "deepcluster-v2"
     heads = range(config.cluster.heads) if v2 else range(0)
+    from dcpipe.stages.train.bank import BankSpec
+
+    bank = BankSpec(here.features, config.extract.dtype) if config.train.features == "bank" else None
     return train(shards, here.labels, here.path, config.model, config.train,
                  model_path=model_path,
                  body_optim_path=ws.round(r - 1).body_optimiser if r > 0 else None,
                  more_labels=[here.head_labels(h) for h in heads if h > 0],
-                 centroids=[here.head_centroids(h) for h in heads],
+                 centroids=[here.head_centroids(h) for h in heads], bank=bank,
                  seed=config.seed, round_index=r, progress=progress)
 
 

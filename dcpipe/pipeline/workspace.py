@@ -66,6 +66,10 @@ class RoundDir:
         return self.path / train_outputs.MODEL
 
     @property
+    def bank(self) -> Path:
+        return self.path / train_outputs.BANK  # round r+1's features, made by round r's training
+
+    @property
     def body_optimiser(self) -> Path:
         return self.path / train_outputs.BODY_OPTIMISER
 

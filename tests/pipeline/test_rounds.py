@@ -1,5 +1,6 @@
 """`dcpipe run` as cron uses it: missing steps only, one run at a time, shards joining later rounds."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -111,6 +112,37 @@ def test_a_deepcluster_v2_workspace_runs_its_rounds_and_says_so(tmp_path):
     assert config["model"]["projection"] == 128 and config["train"]["total_rounds"] == 2
     assert (ws / "rounds" / "0001" / "labels.2" / "index.json").exists()
     assert "deepcluster-v2" in dcpipe(ws, "status").stdout
+
+
+def _store_attrs(path):
+    return json.loads((path / "zarr.json").read_text())["attributes"]
+
+
+def test_bank_rounds_take_their_features_from_the_previous_training_until_the_collection_grows(
+        tmp_path):
+    ws = tiny_workspace(tmp_path / "ws", n_shards=3)
+    late = load_manifest(ws / "shards")["shards"][-1]  # held back, appended after round 1
+    lines = (ws / "shards" / MANIFEST).read_text().splitlines(keepends=True)
+    (ws / "shards" / MANIFEST).write_text("".join(lines[:-1]))
+    v2 = TINY.replace("pca_dim = 16\n", "").replace(
+        'method = "deepcluster"\n', 'method = "deepcluster-v2"\nsmall_crops = 2\nfeatures = "bank"\n')
+    (ws / "dcpipe.toml").write_text(v2)
+    out = dcpipe(ws, "-q", "run", "--rounds", "2")
+    assert out.returncode == 0, out.stderr
+    r0, r1, r2 = (ws / "rounds" / f"000{r}" for r in range(3))
+    adopted = _store_attrs(r1 / "features.zarr")
+    assert adopted["complete"] and adopted["model"]["source"] == "bank"  # not extracted
+    assert adopted["model"]["round"] == 0 and adopted["model"]["sha256"] == \
+        hashlib.sha256((r0 / "model.pt").read_bytes()).hexdigest()
+    assert not (r0 / "bank.zarr").exists() and (r1 / "bank.zarr").is_dir()  # moved; round 2's
+    rounds = status(ws)["rounds"]
+    assert [r["steps"] for r in rounds] == [dict.fromkeys(("extract", "cluster", "train"), True)] * 2
+    assert rounds[1]["cluster"]["n_samples"] == 80 and rounds[1]["cluster"]["nmi_prev"] is not None
+    assert dcpipe(ws, "-q", "verify").returncode == 0
+    add_entry(ws / "shards", late)  # round 2 has a shard round 1's training never saw
+    assert dcpipe(ws, "-q", "run", "--rounds", "3").returncode == 0
+    assert _store_attrs(r2 / "features.zarr")["model"]["source"] == str(r1 / "model.pt")
+    assert status(ws)["rounds"][2]["cluster"]["n_samples"] == 120
 
 
 def test_reclustering_a_trained_round_needs_force_and_discards_its_training(tmp_path):

@@ -276,14 +276,16 @@ class DeepClusterNet(nn.Module):
             parts.append(self.classifier(self._trunk(torch.cat(group))))
         return torch.cat(parts)
 
-    def forward(self, x):
+    def forward(self, x, with_projection: bool = False):
         """v1: logits (N, k) of a batch; v2: a list of logits, one per head of prototypes, of a
-        batch or of a list of crops (rows crop after crop)."""
+        batch or of a list of crops (rows crop after crop), and with `with_projection` also the
+        normalised projections they came from (the training's memory bank records them)."""
         if self.top is None:
             raise RuntimeError("model has no top layer: call replace_top(k) or set_prototypes")
         if self.projection is None:
             return self.top(self._fc(x))
-        return self.top(self._projected(x))
+        z = self._projected(x)
+        return (self.top(z), z) if with_projection else self.top(z)
 
     def conv_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Output of every conv block (after its ReLU), for per-layer linear probes."""

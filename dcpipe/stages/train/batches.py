@@ -4,7 +4,8 @@ Each sampler stream runs in its own loader worker (one DataLoader with one worke
 which cuts it into chunks of `chunk` draws, decodes them and applies the train transform with
 the torch RNG seeded by (seed, rank, stream, chunk): a chunk's tensors are a function of its
 number alone. The main process takes chunks round-robin from the streams (chunk 0 of each
-stream, then chunk 1, ...; a finished stream drops out) and cuts that one sequence into batches.
+stream, then chunk 1, ...; a finished stream drops out) and cuts that one sequence into batches
+(images, labels, and each sample's shard and row: the memory bank's keys).
 So the rank's sequence of training samples is fixed by the seed, and resuming at draw M only
 needs M: each stream restarts at the chunk holding its next draw (`MergedBatches(start=M)`).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -24,8 +25,15 @@ from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.common.workererrors import handed_on, raised
 from dcpipe.stages.train.balanced_sampler import BalancedSampler
 
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # (n, *sample shape)
+    labels: torch.Tensor  # (n,) int64, or (n, heads)
+    ids: torch.Tensor  # (n, 2) int64: each sample's shard (ShardInfo.index) and row in it
+
+
 class StreamChunks(IterableDataset):
-    """Chunks (images [n, 3, s, s] float, labels [n] int64) of one stream, from chunk `first`."""
+    """Chunks (a Batch) of one stream, from chunk `first`."""
 
     def __init__(self, sampler: BalancedSampler, stream: int, first: int, chunk: int, transform):
         self.sampler, self.stream, self.first = sampler, stream, first
@@ -46,7 +54,8 @@ class StreamChunks(IterableDataset):
             torch.manual_seed(seeds.int_seed(self.sampler.seed, self.sampler.round_index,
                                              Domain.AUGMENT, self.sampler.rank, self.stream, q))
             images = torch.stack([self.transform(_decode(d)) for d in batch])
-            yield images, _labels(batch)
+            ids = torch.tensor([(d.shard, d.row) for d in batch], dtype=torch.int64)
+            yield Batch(images, _labels(batch), ids)
 
 
 def _labels(batch) -> torch.Tensor:
@@ -92,7 +101,7 @@ class MergedBatches:
         firsts = [min(t + (v < w), n) for v, n in enumerate(self.n_chunks)]
         self._streams = [open_stream(v, first) for v, first in enumerate(firsts)]
         self._schedule = self._order(t, w)
-        self._images, self._labels, self._have = [], [], 0
+        self._parts, self._have = [], 0  # Batches pulled and not yet taken
 
     def _chunk_size(self, t: int, w: int) -> int:
         return min(self.chunk, self.lengths[w] - t * self.chunk)
@@ -119,26 +128,25 @@ class MergedBatches:
         t, w = next(self._schedule, (None, None))
         if t is None:
             raise RuntimeError("asked for more samples than the round has")
-        images, labels = next(self._streams[w])
-        if len(labels) != self._chunk_size(t, w):
-            raise RuntimeError(f"stream {w} chunk {t}: {len(labels)} samples, planned "
+        chunk = Batch(*next(self._streams[w]))
+        if len(chunk.labels) != self._chunk_size(t, w):
+            raise RuntimeError(f"stream {w} chunk {t}: {len(chunk.labels)} samples, planned "
                                f"{self._chunk_size(t, w)}: shards or labels changed under the run")
-        images, labels = images[self._skip:], labels[self._skip:]
+        self._parts.append(Batch(*(field[self._skip:] for field in chunk)))
         self._skip = 0
-        self._images.append(images)
-        self._labels.append(labels)
-        self._have += len(labels)
+        self._have += len(self._parts[-1].labels)
 
-    def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def take(self, n: int) -> Batch:
         """The next n samples (n may be 0: empty tensors of the right shape)."""
         while self._have < n:
             self._pull()
         if n == 0:
-            return (torch.zeros((0, *self.sample_shape)),
-                    torch.zeros((0, *self.label_shape), dtype=torch.int64))
-        images, labels = torch.cat(self._images), torch.cat(self._labels)
-        self._images, self._labels, self._have = [images[n:]], [labels[n:]], self._have - n
-        return images[:n], labels[:n]
+            return Batch(torch.zeros((0, *self.sample_shape)),
+                         torch.zeros((0, *self.label_shape), dtype=torch.int64),
+                         torch.zeros((0, 2), dtype=torch.int64))
+        joined = Batch(*(torch.cat(fields) for fields in zip(*self._parts)))
+        self._parts, self._have = [Batch(*(f[n:] for f in joined))], self._have - n
+        return Batch(*(f[:n] for f in joined))
 
     def close(self) -> None:
         """Stop the loader workers."""

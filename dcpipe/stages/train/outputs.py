@@ -7,6 +7,7 @@ MODEL_META = "model.json"
 BODY_OPTIMISER = "optim_body.pt"  # the body's SGD state, carried into the next round
 RECORD = "train.json"  # written last: the stage's commit
 CHECKPOINT = Path("ckpt") / "last.pt"  # mid-round state, for resuming after a kill
+BANK = "bank.zarr"  # features = "bank": round r+1's feature store, until the pipeline moves it there
 
 
 def is_complete(round_dir) -> bool:
@@ -25,4 +26,5 @@ def discard(round_dir) -> None:
     d = Path(round_dir)
     for name in (RECORD, MODEL, MODEL_META, BODY_OPTIMISER):
         (d / name).unlink(missing_ok=True)
+    shutil.rmtree(d / BANK, ignore_errors=True)
     shutil.rmtree(d / CHECKPOINT.parent, ignore_errors=True)

@@ -1,4 +1,5 @@
 """The train stage's settings: the only place their defaults live."""
+import math
 from dataclasses import dataclass
 
 from dcpipe.errors import SettingsError
@@ -7,6 +8,7 @@ from dcpipe.stages.common.ranges import Range, above, check_ranges
 
 METHODS = ("deepcluster", "deepcluster-v2")
 SCHEDULES = ("constant", "cosine")
+FEATURES = ("extract", "bank")
 RANGES = {"batch_size": Range(1, 65536), "lr": above(0, 100), "momentum": Range(0, 0.999),
           "weight_decay": Range(0, 1), "reassign": above(0, 10_000), "crop_min": above(0, 1),
           "workers": Range(0, 256), "checkpoint_every": Range(1, 10**9),
@@ -34,6 +36,8 @@ class TrainSettings:
     temperature: float = 0.1  # deepcluster-v2: logits = prototypes . z / temperature
     small_crops: int = 6  # deepcluster-v2: crops at half the input size, besides the 2 full ones
     precision: str = "auto"  # bf16 autocast where the CPU/GPU has fast bf16 (auto), bf16 or fp32
+    features: str = "extract"  # deepcluster-v2: the next round's features from the extract stage,
+    #                            or "bank": the projections this round's training produced (bank.py)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -42,3 +46,15 @@ class TrainSettings:
         if self.lr_schedule not in SCHEDULES:
             raise SettingsError(f"lr_schedule must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}")
         check_ranges(self, RANGES)
+        self._check_bank()
+
+    def _check_bank(self) -> None:
+        if self.features not in FEATURES:
+            raise SettingsError(f"features must be one of {list(FEATURES)}, got {self.features!r}")
+        if self.features == "bank" and self.method != "deepcluster-v2":
+            raise SettingsError('features = "bank" is DeepCluster-v2\'s memory bank: set [train] '
+                                'method = "deepcluster-v2", or features = "extract"')
+        if self.features == "bank" and self.reassign != int(self.reassign):
+            raise SettingsError(f'features = "bank" needs every sample seen in the round\'s last '
+                                f"epoch: a whole number of epochs, [train] reassign = "
+                                f"{math.ceil(self.reassign)} instead of {self.reassign}")

@@ -27,8 +27,10 @@ over, with a warning, since the old steps trained on labels that no longer exist
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -52,6 +54,7 @@ from dcpipe.stages.common.safeload import load_npy
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.train import outputs
+from dcpipe.stages.train.bank import BankPart, BankSpec, assemble, check_layout
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
 from dcpipe.stages.train.batches import MergedBatches, open_streams
 from dcpipe.stages.train.multicrop import MultiCrop
@@ -70,8 +73,9 @@ class TrainingDiverged(DcpipeError):
 
 def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = ModelSpec(),
           settings: TrainSettings = TrainSettings(), *, model_path=None, body_optim_path=None,
-          more_labels=(), centroids=(), seed: int = 0, round_index: int = 0,
-          interleave: int = 16, window: int = 4096, progress: bool = True) -> dict:
+          more_labels=(), centroids=(), bank: BankSpec | None = None, seed: int = 0,
+          round_index: int = 0, interleave: int = 16, window: int = 4096,
+          progress: bool = True) -> dict:
     """Train one round; returns the train.json record (at once if the round is already trained).
 
     `model_path` None = round 0: the random init of `model` for the workspace `seed`, the network
@@ -80,6 +84,8 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = Model
     `interleave` and `window` shape the sampler's shuffle (balanced_sampler.py).
     DeepCluster-v2 (settings.method) also takes the round's further heads' label indexes
     (`more_labels`) and every head's centroids (`centroids`, head 0 first): the prototypes.
+    With settings.features "bank" it also leaves the next round's feature store, `bank.zarr`,
+    made like `bank` says (bank.py).
     """
     out_dir = Path(out_dir)
     record = read_json(out_dir / outputs.RECORD)
@@ -90,6 +96,8 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = Model
         "model_path": None if model_path is None else str(model_path),
         "body_optim_path": None if body_optim_path is None else str(body_optim_path),
         "more_labels": [str(p) for p in more_labels], "centroids": [str(p) for p in centroids],
+        "bank_layout": None if bank is None else str(bank.layout),
+        "bank_dtype": None if bank is None else bank.dtype,
         "labels_sha256": [index_digest(d) for d in (labels_dir, *more_labels)],
         **model.as_dict(), **asdict(settings), "seed": seed, "round": round_index,
         "interleave": interleave, "window": window, "chunk": CHUNK,
@@ -97,6 +105,11 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = Model
     }
     del config["workers"], config["checkpoint_every"]  # how to run, not what is computed
     _check_method(config, model)
+    if settings.features == "bank":
+        if bank is None:
+            raise SettingsError('[train] features = "bank" needs the round\'s feature store '
+                                "to copy its layout from (train(..., bank=BankSpec(...)))")
+        check_layout(bank, shards)
     group = ProcessGroup.start()
     run = RoundTraining(group, shards, Path(labels_dir), out_dir, config)
     return run.run(settings.workers, settings.checkpoint_every, progress)
@@ -130,9 +143,10 @@ class StepPlan:
 
 
 def train_step(net, optimizers, images, labels, scale: float, parts: int = 1,
-               objective=Classification(), dtype=None) -> torch.Tensor:
+               objective=Classification(), dtype=None) -> tuple:
     """One SGD step on the objective's summed loss * scale, in `parts` forward/backward passes
-    whose gradients add up (DDP syncs on the last); returns that loss (detached).
+    whose gradients add up (DDP syncs on the last); returns that loss (detached) and the bank
+    rows of the images (v2; None for v1).
 
     Under DDP every rank must make the same number of passes (each forward broadcasts the
     BatchNorm buffers, each step all-reduces the gradients once), so a rank with fewer samples
@@ -140,13 +154,15 @@ def train_step(net, optimizers, images, labels, scale: float, parts: int = 1,
     """
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
-    total = torch.zeros((), device=images.device)
+    total, rows = torch.zeros((), device=images.device), []
     for j, (x, y) in enumerate(zip(images.tensor_split(parts), labels.tensor_split(parts))):
         last = j == parts - 1
         with nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
             with autocast(images.device, dtype):
                 if len(y):
-                    loss = objective.loss(net, x, y) * scale
+                    loss, part_rows = objective.loss(net, x, y)
+                    loss = loss * scale
+                    rows.append(part_rows)
                 else:
                     net.eval()
                     loss = objective.blank(net, images)
@@ -155,7 +171,7 @@ def train_step(net, optimizers, images, labels, scale: float, parts: int = 1,
         total += loss.detach()
     for opt in optimizers:
         opt.step()
-    return total
+    return total, (torch.cat(rows) if rows and rows[0] is not None else None)
 
 
 class Tally:
@@ -228,6 +244,7 @@ class RoundTraining:
         self.transform, self.sample_shape, self.objective = self._augmentation()
         self.dtype = autocast_dtype(config["precision"], ctx.device)
         self.tally = Tally(self.k, ctx.device)
+        self.bank = self._bank_part(shards, fresh=ckpt is None)
         self.step, self.loss_curve, self.elapsed_before = 0, [], 0.0
         if ckpt is not None:
             self._resume(ckpt)
@@ -253,6 +270,14 @@ class RoundTraining:
         if c["body_optim_path"] is not None and fresh:
             _load_body_optimiser(body, c)
         return model, body, top
+
+    def _bank_part(self, shards: list[ShardInfo], fresh: bool) -> BankPart | None:
+        if self.config["features"] != "bank":
+            return None
+        if fresh and self.ctx.rank == 0:  # a bank of an earlier training of the round is stale
+            shutil.rmtree(self.out_dir / outputs.BANK, ignore_errors=True)
+        return BankPart(self.out_dir, shards, self.ctx.rank, self.ctx.world,
+                        self.model.feature_dim, self.config["bank_dtype"], fresh)
 
     def _resume(self, ckpt: dict) -> None:
         if ckpt["sampler"]["draws"] != list(self.plan.draws):
@@ -314,17 +339,19 @@ class RoundTraining:
         loop_start, waited = time.perf_counter(), 0.0
         for i in range(self.step, plan.steps):
             t = time.perf_counter()
-            images, labels = batches.take(plan.batch(ctx.rank, i))
+            images, labels, ids = batches.take(plan.batch(ctx.rank, i))
             waited += time.perf_counter() - t
             if isinstance(self.transform, MultiCrop):  # v2: colour steps batched, seeded per step
                 colour = seeds.int_seed(c["seed"], c["round"], Domain.COLOUR, ctx.rank, i)
                 images = self.transform.distort(images, torch.Generator().manual_seed(colour))
             torch.manual_seed(seeds.int_seed(c["seed"], c["round"], Domain.DROPOUT, i, ctx.rank))
             self._set_lr(i)
-            loss = train_step(net, self.optimizers, images.to(ctx.device, non_blocking=True),
-                              labels.to(ctx.device, non_blocking=True),
-                              ctx.world / plan.global_batch(i), plan.parts(i, c["batch_size"]),
-                              self.objective, self.dtype)
+            loss, bank_rows = train_step(
+                net, self.optimizers, images.to(ctx.device, non_blocking=True),
+                labels.to(ctx.device, non_blocking=True), ctx.world / plan.global_batch(i),
+                plan.parts(i, c["batch_size"]), self.objective, self.dtype)
+            if self.bank is not None:
+                self.bank.record(ids, bank_rows)
             self.tally.add(loss, labels)
             self._after_step(i + 1, checkpoint_every, time.perf_counter() - loop_start, bar)
         return waited
@@ -367,6 +394,8 @@ class RoundTraining:
             else:
                 self.tally.interval_steps = 0
         if done % checkpoint_every == 0 or end:
+            if self.bank is not None:  # every rank's rows durable before the checkpoint: the
+                self.bank.flush()  # reduction below waits for all ranks
             self._reduce_tally(done)
             self.step = done
             if self.ctx.rank == 0:
@@ -397,9 +426,23 @@ class RoundTraining:
                        {"k": self.k, "round": self.config["round"], "train_seed": self.config["seed"],
                         "steps": self.plan.steps})
             save_checked(self.out_dir / outputs.BODY_OPTIMISER, self.body_opt.state_dict())
+            if self.bank is not None:
+                record["timings"]["bank_s"] = self._assemble_bank()
             atomic_write_json(self.out_dir / outputs.RECORD, record)
         self.ctx.barrier()
         return record
+
+    def _assemble_bank(self) -> float:
+        """Rank 0, once every rank's part is flushed (at the last checkpoint): bank.zarr, which
+        records the model it came from as the extract stage's stores do; returns its seconds."""
+        started = time.perf_counter()
+        model_file = self.out_dir / outputs.MODEL
+        info = {**self.model.config, "source": "bank", "round": self.config["round"],
+                "sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+                "precision": "bf16" if self.dtype else "fp32"}
+        assemble(BankSpec(Path(self.config["bank_layout"]), self.config["bank_dtype"]),
+                 self.out_dir, self.ctx.world, info)
+        return round(time.perf_counter() - started, 3)
 
     def _record(self, first: int, timing: dict) -> dict:
         plan, config = self.plan, self.config
@@ -436,7 +479,7 @@ def _checked_k(shards: list[ShardInfo], labels_dir: Path) -> int:
 
 
 # a moved workspace may still resume
-PATHS = ("labels_dir", "model_path", "body_optim_path", "more_labels", "centroids")
+PATHS = ("labels_dir", "model_path", "body_optim_path", "more_labels", "centroids", "bank_layout")
 
 
 def _check_method(config: dict, model: ModelSpec) -> None:

@@ -35,7 +35,7 @@ def _take_all(batches, total, sizes=(13, 0, 29, 7)):
     images, labels, taken = [], [], 0
     for i in range(total + 1):
         n = min(sizes[i % len(sizes)], total - taken)
-        x, y = batches.take(n)
+        x, y, _ = batches.take(n)
         assert x.shape == (n, 3, SIZE, SIZE) and y.shape == (n,)
         images.append(x)
         labels.append(y)

@@ -90,7 +90,7 @@ def test_every_crop_of_an_image_carries_its_target(heads):
     streams = open_streams(sampler, 8, crops, workers=0)
     batches = MergedBatches(sampler.stream_lengths(), 8, streams, crops.sample_shape,
                             label_shape=(2,))
-    images, labels = batches.take(40)
+    images, labels, _ = batches.take(40)
     assert labels.shape == (40, 2) and torch.equal(labels[:, 1], (labels[:, 0] + 1) % K)
     unpacked = crops.unpack(images.float() / 255 * 0)  # shapes only
     assert [tuple(c.shape[1:]) for c in unpacked] == [(3, 16, 16)] * 2 + [(3, 8, 8)] * 3
@@ -113,7 +113,7 @@ def test_the_loss_pairs_every_crop_with_its_images_targets():
     crops = MultiCrop(32, 2)
     packed = torch.randn(5, crops.sample_shape[0])
     targets = torch.tensor([[0, 1], [3, 2], [1, 0], [2, 2], [0, 1]])
-    loss = PrototypeMatching(crops.unpack).loss(net, packed, targets)
+    loss, _ = PrototypeMatching(crops.unpack).loss(net, packed, targets)
     expected = 0.0
     for crop in crops.unpack(packed):  # crop by crop, head by head, against the image's target
         for h, logits in enumerate(net([crop])):
