@@ -13,6 +13,7 @@ from typing import Callable
 import faiss
 import numpy as np
 import scipy.sparse
+from threadpoolctl import threadpool_limits
 
 from dcpipe.errors import SettingsError
 
@@ -38,15 +39,12 @@ def gpu_count(use_gpu: str) -> int:
 
 @contextmanager
 def host_threads(local_ranks: int):
-    """faiss on the threads of all this host's ranks while the others wait for this one (rank
-    0's fit on the sample): torchrun gives each rank OMP_NUM_THREADS=1, which would leave the
-    fit on one core. faiss's k-means gives the same bits on any thread count."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(min(before * local_ranks, os.cpu_count() or 1))
-    try:
+    """faiss (its OpenMP and its BLAS) on the threads of all this host's ranks while the others
+    wait for this one (rank 0's fit on the sample): torchrun gives each rank
+    OMP_NUM_THREADS=1, which would leave the fit on one core. faiss's k-means gives the same
+    bits on any thread count."""
+    with threadpool_limits(limits=min(faiss.omp_get_max_threads() * local_ranks, os.cpu_count() or 1)):
         yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def flat_index(centroids_or_dim, ngpu: int):
