@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from support.cli import DCPIPE
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+TWO_RANKS = [TORCHRUN, "--standalone", "--nproc-per-node", "2"]
 AUDIT = Path(__file__).parent / "audit"  # sitecustomize logging each rank's renames
 
 
@@ -44,3 +47,14 @@ def dcpipe_on_nodes(ws, *args, nodes=2, renames_log=None, timeout=180):
             p.wait()
     return [subprocess.CompletedProcess(p.args, p.returncode, out, err)
             for p, (out, err) in zip(procs, outputs)]
+
+
+def output_or_fail(proc: subprocess.Popen, timeout: float, what: str) -> tuple[str, str]:
+    """(stdout, stderr) of proc, started in a session of its own; one that outlasts `timeout` is
+    killed with its whole group (its ranks too) and fails the test."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"{what} hung")

@@ -1,9 +1,6 @@
 """DeepCluster-v2's memory bank (`[train] features = "bank"`): the next round's feature store
 filled by the round's training, in the extract stage's format, resumable and under torchrun."""
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from dcpipe.stages.train.stage import train, train_step
 from support.labelled_shards import label_of_pixels, make_collection
 from support.settings import pop_settings
 from support.train_kill import kill_at_first_checkpoint, launch
+from support.torchrun import TWO_RANKS, output_or_fail
 
 torch.set_num_threads(1)
 K, DIM, CHUNK_ROWS = 4, 16, 32
@@ -184,17 +182,10 @@ def test_sigkill_mid_round_then_resume_gives_the_same_bank_bytes(bank_round, tmp
 
 def test_two_rank_torchrun_round_fills_one_bank(bank_round, tmp_path):
     shards, labels_dir, store, centroids = bank_round
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone",
-                "--nproc-per-node", "2"]
-    proc = launch(torchrun, shards[0].path.parent, labels_dir, tmp_path,
+    proc = launch(TWO_RANKS, shards[0].path.parent, labels_dir, tmp_path,
                   {**OPTIONS, "centroids": [str(centroids)],
                    "bank": {"layout": str(store), "dtype": "float16"}})
-    try:
-        _, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail("the 2-rank bank round hung")
+    _, stderr = output_or_fail(proc, 180, "the 2-rank bank round")
     assert proc.returncode == 0, stderr[-3000:]
     assert json.loads((tmp_path / "train.json").read_text())["world_size"] == 2
     bank = _arrays(tmp_path / "bank.zarr")

@@ -1,11 +1,7 @@
 """DeepCluster-v2 training: fixed prototypes, multi-crop targets, the cosine schedule under
 kill and resume, and a 2-rank round."""
 import json
-import os
-import signal
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +20,7 @@ from dcpipe.stages.train.stage import train
 from support.labelled_shards import label_of_pixels, make_collection
 from support.settings import pop_settings
 from support.train_kill import kill_at_first_checkpoint, launch
+from support.torchrun import TWO_RANKS, output_or_fail
 
 torch.set_num_threads(1)
 K, DIM = 4, 16
@@ -152,15 +149,8 @@ def test_sigkill_then_rerun_continues_the_cosine_schedule_exactly(heads, tmp_pat
 
 
 def test_two_rank_torchrun_v2_round(heads, tmp_path):
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone",
-                "--nproc-per-node", "2"]
-    proc = _launch(torchrun, heads, tmp_path, OPTIONS)
-    try:
-        _, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail("the 2-rank v2 round hung")
+    proc = _launch(TWO_RANKS, heads, tmp_path, OPTIONS)
+    _, stderr = output_or_fail(proc, 180, "the 2-rank v2 round")
     assert proc.returncode == 0, stderr[-3000:]
     record = json.loads((tmp_path / "train.json").read_text())
     assert record["world_size"] == 2 and sum(record["samples_per_rank"]) == 150
