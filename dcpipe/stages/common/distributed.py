@@ -84,18 +84,16 @@ class ProcessGroup:
         file system lag cannot take different ones, and rank 0's writes in it happen once."""
         if self.world == 1:
             return decide()
-        import torch.distributed as dist
-
-        outcome = [None, None]
+        result = error = None
         if self.rank == 0:
             try:
-                outcome[0] = decide()
+                result = decide()
             except Exception as exc:
-                outcome[1] = exc
-        dist.broadcast_object_list(outcome, src=0)  # pickled between our own ranks only
-        if outcome[1] is not None:
-            raise outcome[1]
-        return outcome[0]
+                error = exc
+        result, error = self.broadcast_object((result, error))  # pickled between our own ranks only
+        if error is not None:
+            raise error
+        return result
 
     def sum(self, tensor):
         """`tensor` summed over ranks (the tensor itself alone)."""
