@@ -126,9 +126,10 @@ def assemble(spec: BankSpec, out_dir: Path, world: int, model_info: dict) -> Pat
                         "class_names": layout.attrs["class_names"], "model": model_info})
     store = open_store(staging, mode="r+")
     parts = [np.load(part_path(out_dir, q), mmap_mode="r") for q in range(world)]
+    starts = [part_starts(counts, q, world)[0] for q in range(world)]  # once, not once a shard
     for s in range(len(counts)):
-        starts, _ = part_starts(counts, s % world, world)
-        _copy_shard(layout, store, s, parts[s % world][starts[s]:starts[s] + counts[s]])
+        first = starts[s % world][s]
+        _copy_shard(layout, store, s, parts[s % world][first:first + counts[s]])
     store.set_complete()
     shutil.rmtree(final, ignore_errors=True)  # the same bank from a run killed after the rename
     os.rename(staging, final)
