@@ -16,6 +16,7 @@ from dcpipe.pipeline.config import Config
 from dcpipe.pipeline.workspace import STEPS, Workspace, WorkspaceError
 from dcpipe.shards.atomic import atomic_write_json, fsync_dir, read_json
 from dcpipe.stages.common.distributed import ProcessGroup
+from dcpipe.stages.extract.outputs import store_attrs
 from dcpipe.stages.train import outputs as train_outputs
 
 
@@ -51,7 +52,7 @@ def extract_round(ws: Workspace, r: int, config: Config, progress: bool = True) 
     group = ProcessGroup.start()
     model_path, shards, adopted = group.from_rank_zero(lambda: _extract_inputs(ws, r, config))
     if adopted:
-        attrs = _store_attrs(ws.round(r).features)
+        attrs = store_attrs(ws.round(r).features)
         return {"store": str(ws.round(r).features), "rows": attrs["n_rows"], "dim": attrs["dim"],
                 "shards": len(shards), "seconds": 0.0, "from_bank": str(ws.round(r - 1).bank)}
     return extract(shards, ws.round(r).features, config.model, config.extract,
@@ -66,16 +67,12 @@ def _adopt_bank(ws: Workspace, r: int, shard_names: list[str], config: Config) -
     if config.train.features != "bank" or r == 0:
         return False
     bank, features = ws.round(r - 1).bank, ws.round(r).features
-    if not features.exists() and _store_attrs(bank).get("shard_names") == shard_names:
+    if not features.exists() and store_attrs(bank).get("shard_names") == shard_names:
         os.rename(bank, features)
         fsync_dir(features.parent)
         fsync_dir(bank.parent)
-    attrs = _store_attrs(features)
+    attrs = store_attrs(features)
     return bool(attrs.get("complete")) and attrs.get("model", {}).get("source") == "bank"
-
-
-def _store_attrs(store) -> dict:
-    return read_json(store / "zarr.json", {}).get("attributes", {})
 
 
 def _make_way_for_clustering(ws: Workspace, r: int, force: bool) -> None:
