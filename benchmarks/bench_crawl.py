@@ -84,9 +84,10 @@ def _group(pid: int) -> list[psutil.Process]:
 
 
 def _vm_hwm(pid: int) -> int:
+    """Peak RSS in bytes; 0 for a process that is exiting (its status has no memory lines)."""
     with open(f"/proc/{pid}/status") as f:
-        line = next(line for line in f if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
+        line = next((line for line in f if line.startswith("VmHWM:")), None)
+    return int(line.split()[1]) * 1024 if line else 0
 
 
 def _sample(record: Record, pid: int, rows: int) -> None:
@@ -102,6 +103,18 @@ def _sample(record: Record, pid: int, rows: int) -> None:
         record.rss.append((rows, main, sum(rss.values())))
 
 
+PASSED = ("threads", "workers", "shards_per_worker")  # dcpipe settings this script passes on
+
+
+def passed_settings(opts) -> list[str]:
+    """dcpipe's flags for the PASSED settings given to this script (others: dcpipe's default)."""
+    flags = []
+    for name in PASSED:
+        if getattr(opts, name) is not None:
+            flags += [f"--{name.replace('_', '-')}", str(getattr(opts, name))]
+    return flags
+
+
 def run_shard(label: str, ws: Path, src: Path, opts, server: psutil.Process,
               kill_at_rows: int | None = None) -> Record:
     """One `dcpipe shard` in its own process group, sampled every --sample-s; SIGKILL of the
@@ -110,8 +123,7 @@ def run_shard(label: str, ws: Path, src: Path, opts, server: psutil.Process,
     record = Record(label, rows_before=progress.poll())
     cmd = [DCPIPE, "-q", "-w", str(ws), "shard", "--src", str(src), "--format", "yfcc100m",
            "--timeout", str(opts.timeout), "--json"]
-    if opts.threads is not None:
-        cmd += ["--threads", str(opts.threads)]
+    cmd += passed_settings(opts)
     server_cpu = sum(server.cpu_times()[:2])
     start = time.perf_counter()
     with open(ws / f"{label}.stderr", "w") as err:
@@ -253,7 +265,8 @@ def _rss_by_stretch(record: Record, rows: int) -> list[float | None]:
 
 
 def print_runs(records: list[Record], rows: int, opts) -> None:
-    threads = f"--threads {opts.threads}, " if opts.threads else ""
+    threads = "".join(f"{flag} {value}, " for flag, value in
+                      zip(passed_settings(opts)[::2], passed_settings(opts)[1::2]))
     print(f"\ndcpipe shard, {rows} YFCC100M rows, --timeout {opts.timeout}, {threads}other "
           f"settings default; {os.cpu_count()} cores shared with the server")
     print(f"{'run':<14} {'rows':>8} {'written':>8} {'rejected':>8} {'seconds':>8} "
@@ -327,6 +340,9 @@ def main():
                         help="delete the uninterrupted run's tars once checked (saves disk; "
                              "their digests stay in checks.json)")
     parser.add_argument("--threads", type=int, help="dcpipe's --threads (default: its default)")
+    parser.add_argument("--workers", type=int, help="dcpipe's --workers (default: its default)")
+    parser.add_argument("--shards-per-worker", type=int,
+                        help="dcpipe's --shards-per-worker (default: its default)")
     parser.add_argument("--healthy", action="store_true",
                         help="every URL a photo that answers at once (no crawl failures)")
     parser.add_argument("--sample-s", type=float, default=0.5)

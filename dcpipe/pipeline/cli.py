@@ -217,6 +217,7 @@ def init(ctx, method):
 @click.option("--image-size", type=int)
 @click.option("--shard-size", type=int)
 @click.option("--workers", type=int, help="Processes.")
+@click.option("--shards-per-worker", type=int, help="Shards each process works at once.")
 @click.option("--threads", type=int, help="Downloads in flight per process.")
 @click.option("--dedup/--no-dedup", default=None)
 @click.option("--timeout", type=float)

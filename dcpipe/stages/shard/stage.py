@@ -8,9 +8,10 @@
    by first appearance, so files added later only ever become new rows, never renumber old ones.
 2. Work: planned shards that are in neither the manifest nor another node's share
    (`index % num_nodes == node_rank`) are processed whole by `workers` processes
-   (`worker.process_shard`: fetch, check, decode, resize, encode), each with
-   `threads` downloads in flight; rows are decoded as their downloads finish, so a slow or
-   dead server holds one thread, not the worker.
+   (`worker.process_shard`: fetch, check, decode, resize, encode), each working
+   `shards_per_worker` shards at once (`distributor.py`) with `threads` downloads in flight
+   for each; rows are decoded as their downloads finish, so a slow or dead server holds one
+   thread, not the worker, and a shard waiting on its last rows does not hold the next.
 3. Commit, in the main process and in shard order (`commit.py`): duplicate decisions,
    tar + rejects + stats JSON, then the manifest entry. Committing in order is what makes
    `dedup` deterministic under kill/rerun and any worker count.
@@ -29,12 +30,10 @@ They must start from the same source file. De-duplication needs the whole collec
 place, so it requires `num_nodes == 1`.
 """
 
-import contextlib
 import json
 import logging
-import multiprocessing
 import time
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 
 from dcpipe.errors import SettingsError
@@ -43,11 +42,12 @@ from dcpipe.stages.common import distributed
 from dcpipe.stages.shard import adopt
 from dcpipe.stages.shard.commit import adopt_committed, mark_duplicates, write_shard
 from dcpipe.stages.shard.dedup import DedupIndex
+from dcpipe.stages.shard.distributor import distributor
 from dcpipe.stages.shard.plan import PlannedShard, extend_plan, listing_path, planned_shards
 from dcpipe.stages.shard.progress import Progress
 from dcpipe.stages.shard.resizer import Limits
 from dcpipe.stages.shard.settings import ShardSettings
-from dcpipe.stages.shard.worker import FetchOptions, ShardTask, exit_with_parent, process_shard
+from dcpipe.stages.shard.worker import FetchOptions, ShardTask
 from dcpipe.stages.sources import folders
 from dcpipe.stages.sources import tables as sources
 
@@ -92,30 +92,6 @@ def _task(planned, rows, limits, fetch_opts) -> ShardTask:
     return ShardTask(planned.index, planned.row_start, planned.row_end, rows, limits, fetch_opts)
 
 
-def _worker_pool(workers: int):
-    """Worker processes, started before planning so that their imports overlap it."""
-    if workers == 1:
-        return contextlib.nullcontext()  # work in this process
-    return multiprocessing.get_context("spawn").Pool(workers, initializer=exit_with_parent)
-
-
-def _results(tasks, pool, workers: int):
-    """(task, result) in task order; at most 2 shards a worker in flight (bounded memory)."""
-    if pool is None:
-        for task in tasks:
-            yield task, process_shard(task)
-        return
-    pending = deque()
-    for task in tasks:
-        pending.append((task, pool.apply_async(process_shard, (task,))))
-        if len(pending) >= 2 * workers:
-            done, result = pending.popleft()
-            yield done, result.get()
-    while pending:
-        done, result = pending.popleft()
-        yield done, result.get()
-
-
 def _prepare(src, shards_dir, read: dict, shaping: dict):
     """Sync a folder's listing, count rows and extend the plan; return the planned shards."""
     sid = sources.source_id(src)
@@ -154,7 +130,7 @@ def shard(src, shards_dir, settings: ShardSettings = ShardSettings(), *, format=
     rank, world = resolve_nodes(node_rank, num_nodes)
     if settings.dedup and world > 1:
         raise SettingsError("dedup needs the whole collection on one node: use --num-nodes 1")
-    image_size, workers = settings.image_size, settings.workers
+    image_size = settings.image_size
     started = time.perf_counter()
     shards_dir = Path(shards_dir)
     shards_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +143,7 @@ def shard(src, shards_dir, settings: ShardSettings = ShardSettings(), *, format=
     read = {"format": fmt, "url_col": url_col, "key_col": key_col,
             "meta_cols": list(meta_cols) if meta_cols is not None else None}
     shaping = {**read, "image_size": image_size, "shard_size": settings.shard_size}
-    with _worker_pool(workers) as pool:
+    with distributor(settings.workers, settings.shards_per_worker) as dist:
         sid, n_rows, planned = _prepare(src, shards_dir, read, shaping)
         done = _done_shards(shards_dir, planned, sid, record=world == 1)
         todo = [p for p in planned if p.index % world == rank and p.index not in done]
@@ -176,7 +152,7 @@ def shard(src, shards_dir, settings: ShardSettings = ShardSettings(), *, format=
                                   settings.public_only, settings.retries)
         tasks = _tasks(rows, todo, Limits(image_size=image_size), fetch_opts)
         context = {"source": sid, "format": fmt, "image_size": image_size}
-        totals = _run(shards_dir, _results(tasks, pool, workers), todo, context,
+        totals = _run(shards_dir, dist.results(tasks), todo, context,
                       dedup=DedupIndex(shards_dir) if settings.dedup else None,
                       record=world == 1, progress=progress)
     totals.update(source=sid, format=fmt, rows_in_source=n_rows, shards_planned=len(planned),

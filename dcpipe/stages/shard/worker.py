@@ -1,13 +1,11 @@
 """The worker side of the shard stage: one planned shard's rows -> processed samples or rejects.
 
 `process_shard` is a plain top-level function of picklable arguments, so it runs the same in
-the main process (workers=1) and in a process pool. It writes nothing: the main process writes
+the main process (workers=1) and in worker processes (`distributor.py`). It writes nothing: the main process writes
 the shard in order (see `stages.shard`), which keeps de-duplication deterministic.
 """
 
 import itertools
-import os
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -156,16 +154,3 @@ def process_shard(task: ShardTask) -> ShardResult:
                "process_s": sum(o.seconds[1] for o in outcomes),
                "worker_s": time.perf_counter() - start}
     return ShardResult(task.index, outcomes, {k: round(v, 3) for k, v in timings.items()})
-
-
-def exit_with_parent() -> None:
-    """Pool initializer: a worker whose main process was killed (kill -9) exits within a
-    second, instead of finishing a shard nobody will write (minutes of downloads)."""
-    parent = os.getppid()
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()

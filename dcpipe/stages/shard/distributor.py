@@ -1,0 +1,135 @@
+"""Runs shard tasks on worker processes, several shards at once in each, and hands the
+results back in task order.
+
+A shard is done only when its slowest download has ended, and a dead or stalled server holds
+a row for (retries + 1) x timeout: a worker with one shard at a time sits idle through that
+tail. Each worker therefore runs `shards_per_worker` shards at once (threads: they wait on the
+network; decoding releases the GIL), taking tasks from one shared queue, so the next shards'
+downloads and decodes go on while a shard waits for its last rows.
+
+`workers == 1` runs the same threads in the calling process.
+"""
+
+import multiprocessing
+import os
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from contextlib import contextmanager
+
+from dcpipe.stages.shard.worker import process_shard
+
+POLL_S = 1.0  # how often the main process checks that its workers still live
+
+
+class WorkerError(RuntimeError):
+    """A shard worker failed in a way no row-level check catches (or died)."""
+
+
+def _serve(tasks, results, shards_per_worker: int) -> None:
+    """One worker: `shards_per_worker` threads each process whole shards until told to stop."""
+    def serve():
+        while (task := tasks.get()) is not None:
+            try:
+                results.put((task.index, process_shard(task), None))
+            except BaseException:  # its traceback goes back as text: any exception pickles
+                results.put((task.index, None, traceback.format_exc()))
+
+    threads = [threading.Thread(target=serve) for _ in range(shards_per_worker)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _worker_main(tasks, results, shards_per_worker: int) -> None:
+    _exit_with_parent()
+    _serve(tasks, results, shards_per_worker)
+
+
+def _exit_with_parent() -> None:
+    """A worker whose main process was killed (kill -9) exits within a second, instead of
+    finishing shards nobody will write (minutes of downloads)."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+class Distributor:
+    """`results(tasks)` -> (task, ShardResult) in task order. Started before planning, so the
+    workers' imports overlap it; use as a context manager."""
+
+    def __init__(self, workers: int, shards_per_worker: int):
+        self.slots = workers * shards_per_worker
+        # one queued task a worker beyond those running, so none idles while results are read
+        self.window = self.slots + workers
+        if workers == 1:
+            self.todo, self.done = queue.Queue(), queue.Queue()
+            self.procs = [threading.Thread(target=_serve, daemon=True,
+                                           args=(self.todo, self.done, shards_per_worker))]
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            self.todo, self.done = ctx.Queue(), ctx.Queue()
+            self.procs = [ctx.Process(target=_worker_main, daemon=True,
+                                      args=(self.todo, self.done, shards_per_worker))
+                          for _ in range(workers)]
+        for proc in self.procs:
+            proc.start()
+
+    def results(self, tasks):
+        """Issues at most `window` tasks beyond the oldest one not yet yielded (bounded memory)."""
+        tasks, pending, ready = iter(tasks), deque(), {}
+        while True:
+            while len(pending) < self.window and (task := next(tasks, None)) is not None:
+                self.todo.put(task)
+                pending.append(task)
+            if not pending:
+                return
+            oldest = pending.popleft()
+            while oldest.index not in ready:
+                index, result = self._receive()
+                ready[index] = result
+            yield oldest, ready.pop(oldest.index)
+
+    def _receive(self):
+        while True:
+            try:
+                index, result, failure = self.done.get(timeout=POLL_S)
+            except queue.Empty:
+                self._check_alive()
+                continue
+            if failure is not None:
+                raise WorkerError(f"shard {index} failed in its worker:\n{failure}")
+            return index, result
+
+    def _check_alive(self) -> None:
+        for proc in self.procs:
+            if not proc.is_alive():
+                code = getattr(proc, "exitcode", None)
+                raise WorkerError(f"a shard worker died (exit code {code}); rerun to go on")
+
+    def close(self) -> None:
+        """Stops idle workers; workers still busy (after an error) are terminated."""
+        for _ in range(self.slots):
+            self.todo.put(None)
+        for proc in self.procs:
+            proc.join(timeout=POLL_S)
+            if proc.is_alive() and hasattr(proc, "terminate"):
+                proc.terminate()
+                proc.join()
+
+
+@contextmanager
+def distributor(workers: int, shards_per_worker: int):
+    dist = Distributor(workers, shards_per_worker)
+    try:
+        yield dist
+    finally:
+        dist.close()
