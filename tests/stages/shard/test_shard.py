@@ -75,6 +75,25 @@ def test_a_slow_download_does_not_hold_up_the_rest_of_its_shard(server, tmp_path
     assert [meta["row"] for _, (_, meta) in samples] == list(range(31))  # still in row order
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shards_waiting_on_slow_downloads_do_not_hold_up_the_next_shards(server, tmp_path,
+                                                                         workers):
+    """The first row of each of the first `workers` shards answers only once every other row
+    has been requested: each worker must work the shards after it meanwhile (with one shard at
+    a time every worker would hold a waiting shard, and those rows would time out)."""
+    prefix = f"next{workers}"
+    urls = serve_photos(server, 3 * workers, prefix=prefix)
+    after = sum(server.hits.values()) + workers - 1 + len(urls)  # the other gates count too
+    gates = [server.url(f"gate/{prefix}{i}.jpg?after={after}") for i in range(workers)]
+    rows = [u for i, gate in enumerate(gates) for u in (gate, urls[i])] + urls[workers:]
+    src = write_csv(tmp_path / "list.csv", [{"url": u} for u in rows])
+    stats = shard(src, tmp_path / "shards", shard_size=2, workers=workers, shards_per_worker=2,
+                  threads=2, **{**QUICK, "timeout": 10.0})
+    assert (stats["written"], stats["rejects"]) == (len(rows), {})
+    assert [e["index"] for e in load_manifest(tmp_path / "shards")["shards"]] == list(
+        range(2 * workers))
+
+
 def _photo_folder(root, names):
     for i, rel in enumerate(names):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
