@@ -44,16 +44,15 @@ def _serve(tasks, results, shards_per_worker: int) -> None:
         thread.join()
 
 
-def _worker_main(tasks, results, shards_per_worker: int) -> None:
-    _exit_with_parent()
+def _worker_main(tasks, results, shards_per_worker: int, parent: int) -> None:
+    _exit_with_parent(parent)
     _serve(tasks, results, shards_per_worker)
 
 
-def _exit_with_parent() -> None:
+def _exit_with_parent(parent: int) -> None:
     """A worker whose main process was killed (kill -9) exits within a second, instead of
-    finishing shards nobody will write (minutes of downloads)."""
-    parent = os.getppid()
-
+    finishing shards nobody will write (minutes of downloads). `parent` is the main's pid as
+    the main saw it: one killed while this worker was still starting is gone already."""
     def watch():
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -78,7 +77,7 @@ class Distributor:
             ctx = multiprocessing.get_context("spawn")
             self.todo, self.done = ctx.Queue(), ctx.Queue()
             self.procs = [ctx.Process(target=_worker_main, daemon=True,
-                                      args=(self.todo, self.done, shards_per_worker))
+                                      args=(self.todo, self.done, shards_per_worker, os.getpid()))
                           for _ in range(workers)]
         for proc in self.procs:
             proc.start()

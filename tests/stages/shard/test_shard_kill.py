@@ -11,6 +11,7 @@ from pathlib import Path
 from support.imageserver import ImageServer
 from support.shard_data import collection, file_digests, rejects, serve_photos, write_csv
 
+from dcpipe.shards.atomic import remove_stale_temps
 from dcpipe.shards.manifest import load_manifest
 from dcpipe.stages.shard import ShardSettings, shard
 
@@ -64,6 +65,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
         killed, clean = tmp_path / "killed", tmp_path / "clean"
         done_at_kill = _kill_after_some_shards(src, killed)
         assert 2 <= done_at_kill < 10
+        remove_stale_temps(killed)  # as `dcpipe shard` does first: the killed writer's debris
         shard(src, killed, SETTINGS, progress=False)
         shard(src, clean, replace(SETTINGS, workers=1), progress=False)
     assert load_manifest(killed) == load_manifest(clean)
