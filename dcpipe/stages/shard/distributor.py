@@ -19,13 +19,18 @@ import traceback
 from collections import deque
 from contextlib import contextmanager
 
+from dcpipe.errors import DcpipeError
 from dcpipe.stages.shard.worker import process_shard
 
 POLL_S = 1.0  # how often the main process checks that its workers still live
 
 
-class WorkerError(RuntimeError):
-    """A shard worker failed in a way no row-level check catches (or died)."""
+class WorkerFailed(RuntimeError):
+    """A shard worker raised what no row-level check catches: a bug (exit 1, traceback)."""
+
+
+class WorkerDied(DcpipeError):
+    """A worker process was killed (e.g. by the kernel's OOM killer): nothing was lost."""
 
 
 def _serve(tasks, results, shards_per_worker: int) -> None:
@@ -105,14 +110,16 @@ class Distributor:
                 self._check_alive()
                 continue
             if failure is not None:
-                raise WorkerError(f"shard {index} failed in its worker:\n{failure}")
+                raise WorkerFailed(f"shard {index} failed in its worker:\n{failure}")
             return index, result
 
     def _check_alive(self) -> None:
         for proc in self.procs:
             if not proc.is_alive():
                 code = getattr(proc, "exitcode", None)
-                raise WorkerError(f"a shard worker died (exit code {code}); rerun to go on")
+                raise WorkerDied(f"a shard worker process died (exit code {code}; -9 is a kill, "
+                                 "often the OOM killer): shards written so far are kept, run "
+                                 "the same command again to go on")
 
     def close(self) -> None:
         """Stops idle workers; workers still busy (after an error) are terminated."""

@@ -1,5 +1,10 @@
 import json
+import multiprocessing
+import os
+import signal
 import subprocess
+import threading
+import time
 
 import pytest
 import webdataset as wds
@@ -12,6 +17,7 @@ from dcpipe.shards.manifest import load_manifest
 from dcpipe.shards.naming import is_valid_key
 from dcpipe.stages.shard import ShardSettings
 from dcpipe.stages.shard import shard as shard_stage
+from dcpipe.stages.shard.distributor import WorkerDied
 from dcpipe.stages.shard.stage import resolve_nodes
 from dcpipe.stages.sources import fetch as fetch_module
 from dcpipe.stages.sources.tables import SourceError
@@ -92,6 +98,30 @@ def test_shards_waiting_on_slow_downloads_do_not_hold_up_the_next_shards(server,
     assert (stats["written"], stats["rejects"]) == (len(rows), {})
     assert [e["index"] for e in load_manifest(tmp_path / "shards")["shards"]] == list(
         range(2 * workers))
+
+
+def test_a_killed_worker_stops_the_run_with_a_clear_error_and_keeps_written_shards(server,
+                                                                                    tmp_path):
+    """The OOM killer takes a worker: the run stops (it used to wait forever for the lost
+    shard) and what was written stays recorded."""
+    urls = serve_photos(server, 2, prefix="oom")
+    gated = [server.url(f"gate/oom0.jpg?after={10**9}&n={i}") for i in range(4)]  # busy 20 s
+    src = write_csv(tmp_path / "list.csv", [{"url": u} for u in urls + gated])
+    out = tmp_path / "shards"
+
+    def kill_a_worker_once_shard_0_is_written():
+        while not load_manifest(out)["shards"]:
+            time.sleep(0.05)
+        os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_worker_once_shard_0_is_written, daemon=True)
+    killer.start()
+    started = time.monotonic()
+    with pytest.raises(WorkerDied, match="exit code -9"):
+        shard(src, out, shard_size=2, workers=2, **{**QUICK, "timeout": 30.0})
+    assert time.monotonic() - started < 15  # well before the gated rows would end
+    assert [e["index"] for e in load_manifest(out)["shards"]] == [0]
+    assert not multiprocessing.active_children()
 
 
 def _photo_folder(root, names):
