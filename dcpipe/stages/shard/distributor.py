@@ -10,6 +10,7 @@ downloads and decodes go on while a shard waits for its last rows.
 `workers == 1` runs the same threads in the calling process.
 """
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -17,7 +18,6 @@ import threading
 import time
 import traceback
 from collections import deque
-from contextlib import contextmanager
 
 from dcpipe.errors import DcpipeError
 from dcpipe.stages.shard.worker import process_shard
@@ -76,16 +76,16 @@ class Distributor:
         self.window = self.slots + workers
         if workers == 1:
             self.todo, self.done = queue.Queue(), queue.Queue()
-            self.procs = [threading.Thread(target=_serve, daemon=True,
+            self.runners = [threading.Thread(target=_serve, daemon=True,
                                            args=(self.todo, self.done, shards_per_worker))]
         else:
             ctx = multiprocessing.get_context("spawn")
             self.todo, self.done = ctx.Queue(), ctx.Queue()
-            self.procs = [ctx.Process(target=_worker_main, daemon=True,
+            self.runners = [ctx.Process(target=_worker_main, daemon=True,
                                       args=(self.todo, self.done, shards_per_worker, os.getpid()))
                           for _ in range(workers)]
-        for proc in self.procs:
-            proc.start()
+        for runner in self.runners:  # worker processes, or one thread with workers == 1
+            runner.start()
 
     def results(self, tasks):
         """Issues at most `window` tasks beyond the oldest one not yet yielded (bounded memory)."""
@@ -114,25 +114,29 @@ class Distributor:
             return index, result
 
     def _check_alive(self) -> None:
-        for proc in self.procs:
-            if not proc.is_alive():
-                code = getattr(proc, "exitcode", None)
+        for runner in self.runners:
+            if not runner.is_alive():
+                code = getattr(runner, "exitcode", None)
                 raise WorkerDied(f"a shard worker process died (exit code {code}; -9 is a kill, "
                                  "often the OOM killer): shards written so far are kept, run "
                                  "the same command again to go on")
 
     def close(self) -> None:
-        """Stops idle workers; workers still busy (after an error) are terminated."""
+        """Stops idle workers; workers still busy (after an error) are terminated. Tasks not
+        yet taken are dropped first: after an error nobody would write their shards."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.todo.get_nowait()
         for _ in range(self.slots):
             self.todo.put(None)
-        for proc in self.procs:
-            proc.join(timeout=POLL_S)
-            if proc.is_alive() and hasattr(proc, "terminate"):
-                proc.terminate()
-                proc.join()
+        for runner in self.runners:
+            runner.join(timeout=POLL_S)
+            if runner.is_alive() and hasattr(runner, "terminate"):
+                runner.terminate()
+                runner.join()
 
 
-@contextmanager
+@contextlib.contextmanager
 def distributor(workers: int, shards_per_worker: int):
     dist = Distributor(workers, shards_per_worker)
     try:

@@ -15,9 +15,10 @@ import pytest
 from dcpipe.stages.cluster import ClusterSettings, cluster
 from support.featurestores import blobs, make_store
 from support.settings import pop_settings
+from support.torchrun import TWO_RANKS, output_or_fail
 
 RUNNER = Path(__file__).parents[2] / "support" / "cluster_runner.py"
-TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2"]
+TORCHRUN = TWO_RANKS
 # What may differ between two runs of the same clustering: how long they took, and how many
 # processes ran it.
 VOLATILE = ("timings", "seconds", "world_size")
@@ -37,12 +38,7 @@ def launch(runs: list[dict], launcher=TORCHRUN, env=None) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail("the 2-rank cluster run hung")
+    return output_or_fail(proc, timeout, "the 2-rank cluster run")
 
 
 def files(out: Path) -> dict[str, bytes]:

@@ -1,4 +1,3 @@
-import io
 import json
 import os
 import shutil
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from PIL import Image
 
 from dcpipe.shards.manifest import add_entry
 from dcpipe.shards.naming import make_key
@@ -23,15 +21,15 @@ from dcpipe.stages.extract import ExtractSettings
 from dcpipe.stages.extract.stage import StoreMismatch, extract
 from dcpipe.stages.common.featurestore import open_store
 from dcpipe.stages.common.images import open_rgb
-from dcpipe.stages.common.models import build_model, eval_transform, random_init, save_model
+from dcpipe.stages.common.models import eval_transform, random_init, save_model
 from dcpipe.stages.common.modelspec import ModelSpec
 from support.damage import flip_in_member
 from support.settings import pop_settings
 from support.sample_shards import make_collection, synthetic_jpeg
+from support.torchrun import TWO_RANKS, output_or_fail
 
 torch.set_num_threads(1)
 SUPPORT = Path(__file__).parents[2] / "support"
-VENV_BIN = Path(sys.executable).parent
 # a narrow small net keeps the tests fast; everything else is the real thing
 # fp32: the stored rows are compared with the model's own features; bf16 has a test of its own
 OPTIONS = {"arch": "small", "width": 16, "input_size": 32, "seed": 7, "precision": "fp32",
@@ -204,11 +202,12 @@ def test_torchrun_two_ranks_equal_the_single_process_store(tmp_path):
     _run(shards, tmp_path / "ref.zarr")
     store = tmp_path / "f.zarr"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2",
-                          *_child(tmp_path / "shards", store, workers=1)],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    proc = subprocess.Popen([*TWO_RANKS, *_child(tmp_path / "shards", store, workers=1)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    stdout, stderr = output_or_fail(proc, 120, "the 2-rank extract")
+    assert proc.returncode == 0, stderr[-3000:]
+    results = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert sorted((r["rank"], r["shards_done"], r["complete"]) for r in results) == [
         (0, 3, True), (1, 2, True)]
     _assert_same_store(tmp_path / "ref.zarr", store)

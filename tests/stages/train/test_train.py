@@ -1,13 +1,9 @@
 """The training stage on real shards: outputs, round-to-round state, SIGKILL resume, 2-rank DDP."""
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +21,7 @@ from dcpipe.stages.train.stage import TrainingDiverged, train
 from support.damage import flip_in_member, flip_low_bit_of_weight, largest_weight
 from support.labelled_shards import make_collection
 from support.settings import with_settings
+from support.torchrun import TWO_RANKS, output_or_fail
 from support.train_kill import kill_at_first_checkpoint, launch
 
 torch.set_num_threads(1)
@@ -146,15 +143,8 @@ def test_two_rank_ddp_with_unequal_ranks_finishes(tmp_path):
     # rank 1 shard 1 (4 samples: most of its batches are empty). Neither may hang the other.
     shards, labels_dir = _collection(tmp_path / "data", (150, 4, 120), seed=7)
     out = tmp_path / "ddp"
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone",
-                "--nproc-per-node", "2"]
-    proc = launch(torchrun, shards[0].path.parent, labels_dir, out, OPTIONS)
-    try:
-        _, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
-        proc.wait()
-        pytest.fail("the 2-rank DDP round hung")
+    proc = launch(TWO_RANKS, shards[0].path.parent, labels_dir, out, OPTIONS)
+    _, stderr = output_or_fail(proc, 180, "the 2-rank DDP round")
     assert proc.returncode == 0, stderr[-3000:]
     record = json.loads((out / "train.json").read_text())
     per_rank = record["samples_per_rank"]
