@@ -265,8 +265,8 @@ def _rss_by_stretch(record: Record, rows: int) -> list[float | None]:
 
 
 def print_runs(records: list[Record], rows: int, opts) -> None:
-    threads = "".join(f"{flag} {value}, " for flag, value in
-                      zip(passed_settings(opts)[::2], passed_settings(opts)[1::2]))
+    flags = " ".join(passed_settings(opts))
+    threads = f"{flags}, " if flags else ""
     print(f"\ndcpipe shard, {rows} YFCC100M rows, --timeout {opts.timeout}, {threads}other "
           f"settings default; {os.cpu_count()} cores shared with the server")
     print(f"{'run':<14} {'rows':>8} {'written':>8} {'rejected':>8} {'seconds':>8} "

@@ -58,3 +58,11 @@ def output_or_fail(proc: subprocess.Popen, timeout: float, what: str) -> tuple[s
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         pytest.fail(f"{what} hung")
+
+
+def run_in_group(cmd: list[str], timeout: float, what: str, env=None):
+    """`cmd` to its end in a session of its own (see output_or_fail); a CompletedProcess."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    out, err = output_or_fail(proc, timeout, what)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

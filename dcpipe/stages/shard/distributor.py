@@ -67,8 +67,8 @@ def _exit_with_parent(parent: int) -> None:
 
 
 class Distributor:
-    """`results(tasks)` -> (task, ShardResult) in task order. Started before planning, so the
-    workers' imports overlap it; use as a context manager."""
+    """`results(tasks)` -> (task, ShardResult) in task order. A context manager, entered before
+    planning so that the workers' imports overlap it."""
 
     def __init__(self, workers: int, shards_per_worker: int):
         self.slots = workers * shards_per_worker
@@ -121,6 +121,12 @@ class Distributor:
                                  "often the OOM killer): shards written so far are kept, run "
                                  "the same command again to go on")
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def close(self) -> None:
         """Stops idle workers; workers still busy (after an error) are terminated. Tasks not
         yet taken are dropped first: after an error nobody would write their shards."""
@@ -134,12 +140,3 @@ class Distributor:
             if runner.is_alive() and hasattr(runner, "terminate"):
                 runner.terminate()
                 runner.join()
-
-
-@contextlib.contextmanager
-def distributor(workers: int, shards_per_worker: int):
-    dist = Distributor(workers, shards_per_worker)
-    try:
-        yield dist
-    finally:
-        dist.close()

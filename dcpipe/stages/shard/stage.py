@@ -42,7 +42,7 @@ from dcpipe.stages.common import distributed
 from dcpipe.stages.shard import adopt
 from dcpipe.stages.shard.commit import adopt_committed, mark_duplicates, write_shard
 from dcpipe.stages.shard.dedup import DedupIndex
-from dcpipe.stages.shard.distributor import distributor
+from dcpipe.stages.shard.distributor import Distributor
 from dcpipe.stages.shard.plan import PlannedShard, extend_plan, listing_path, planned_shards
 from dcpipe.stages.shard.progress import Progress
 from dcpipe.stages.shard.resizer import Limits
@@ -143,7 +143,7 @@ def shard(src, shards_dir, settings: ShardSettings = ShardSettings(), *, format=
     read = {"format": fmt, "url_col": url_col, "key_col": key_col,
             "meta_cols": list(meta_cols) if meta_cols is not None else None}
     shaping = {**read, "image_size": image_size, "shard_size": settings.shard_size}
-    with distributor(settings.workers, settings.shards_per_worker) as dist:
+    with Distributor(settings.workers, settings.shards_per_worker) as dist:
         sid, n_rows, planned = _prepare(src, shards_dir, read, shaping)
         done = _done_shards(shards_dir, planned, sid, record=world == 1)
         todo = [p for p in planned if p.index % world == rank and p.index not in done]

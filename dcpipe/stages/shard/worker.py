@@ -1,8 +1,9 @@
 """The worker side of the shard stage: one planned shard's rows -> processed samples or rejects.
 
 `process_shard` is a plain top-level function of picklable arguments, so it runs the same in
-the main process (workers=1) and in worker processes (`distributor.py`). It writes nothing: the main process writes
-the shard in order (see `stages.shard`), which keeps de-duplication deterministic.
+threads of the main process (workers=1) and of worker processes (`distributor.py`). It writes
+nothing: the main process writes the shard in order (see `stages.shard`), which keeps
+de-duplication deterministic.
 """
 
 import itertools

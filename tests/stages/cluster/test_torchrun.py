@@ -18,7 +18,6 @@ from support.settings import pop_settings
 from support.torchrun import TWO_RANKS, output_or_fail
 
 RUNNER = Path(__file__).parents[2] / "support" / "cluster_runner.py"
-TORCHRUN = TWO_RANKS
 # What may differ between two runs of the same clustering: how long they took, and how many
 # processes ran it.
 VOLATILE = ("timings", "seconds", "world_size")
@@ -29,7 +28,7 @@ def run_here(store, out, options: dict) -> dict:
     return cluster(store, out, pop_settings(ClusterSettings, options), **options)
 
 
-def launch(runs: list[dict], launcher=TORCHRUN, env=None) -> subprocess.Popen:
+def launch(runs: list[dict], launcher=TWO_RANKS, env=None) -> subprocess.Popen:
     """cluster_runner.py (by default under torchrun with two ranks) in a process group of its own."""
     payload = [{**run, "store": str(run["store"]), "out": str(run["out"]),
                 "options": {**run["options"], "progress": False}} for run in runs]

@@ -26,7 +26,7 @@ from dcpipe.stages.common.modelspec import ModelSpec
 from support.damage import flip_in_member
 from support.settings import pop_settings
 from support.sample_shards import make_collection, synthetic_jpeg
-from support.torchrun import TWO_RANKS, output_or_fail
+from support.torchrun import TWO_RANKS, run_in_group
 
 torch.set_num_threads(1)
 SUPPORT = Path(__file__).parents[2] / "support"
@@ -202,12 +202,10 @@ def test_torchrun_two_ranks_equal_the_single_process_store(tmp_path):
     _run(shards, tmp_path / "ref.zarr")
     store = tmp_path / "f.zarr"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*TWO_RANKS, *_child(tmp_path / "shards", store, workers=1)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    stdout, stderr = output_or_fail(proc, 120, "the 2-rank extract")
-    assert proc.returncode == 0, stderr[-3000:]
-    results = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    out = run_in_group([*TWO_RANKS, *_child(tmp_path / "shards", store, workers=1)], 120,
+                       "the 2-rank extract", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert sorted((r["rank"], r["shards_done"], r["complete"]) for r in results) == [
         (0, 3, True), (1, 2, True)]
     _assert_same_store(tmp_path / "ref.zarr", store)
