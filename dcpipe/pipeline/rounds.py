@@ -9,6 +9,7 @@ Stage entry points are imported where used: `dcpipe status` should not pay for i
 """
 
 import os
+import shutil
 import time
 from dataclasses import replace
 
@@ -63,16 +64,33 @@ def _adopt_bank(ws: Workspace, r: int, shard_names: list[str], config: Config) -
     """With [train] features = "bank", the store round r-1's training filled becomes round r's
     features: a rename (whole or not at all; rank 0's alone), when it covers exactly round r's
     shards (a collection that grew since is extracted: the bank has no rows for the new
-    shards). True when round r's features are that store."""
-    if config.train.features != "bank" or r == 0:
+    shards). True when round r's features are that store. A bank that is not adopted is deleted:
+    round r's features are extracted, and nothing else reads it (it is as large as a store)."""
+    if r == 0:
         return False
     bank, features = ws.round(r - 1).bank, ws.round(r).features
-    if not features.exists() and store_attrs(bank).get("shard_names") == shard_names:
-        os.rename(bank, features)
-        fsync_dir(features.parent)
-        fsync_dir(bank.parent)
+    wanted = config.train.features == "bank"
+    if not features.exists():
+        if wanted and store_attrs(bank).get("shard_names") == shard_names:
+            os.rename(bank, features)
+            fsync_dir(features.parent)
+            fsync_dir(bank.parent)
+        else:
+            _discard(bank)
+    if not wanted:
+        return False
     attrs = store_attrs(features)
     return bool(attrs.get("complete")) and attrs.get("model", {}).get("source") == "bank"
+
+
+def _discard(store) -> None:
+    """Renamed first, so that a store half deleted by a kill is never taken for a whole one;
+    what such a kill leaves goes at the next call."""
+    doomed = store.with_name(store.name + ".discarded")
+    if store.exists():
+        os.rename(store, doomed)
+        fsync_dir(store.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _make_way_for_clustering(ws: Workspace, r: int, force: bool) -> None:

@@ -140,8 +140,10 @@ def test_bank_rounds_take_their_features_from_the_previous_training_until_the_co
     assert rounds[1]["cluster"]["n_samples"] == 80 and rounds[1]["cluster"]["nmi_prev"] is not None
     assert dcpipe(ws, "-q", "verify").returncode == 0
     add_entry(ws / "shards", late)  # round 2 has a shard round 1's training never saw
+    (r1 / "bank.zarr.discarded").mkdir()  # as a kill mid-deletion leaves it
     assert dcpipe(ws, "-q", "run", "--rounds", "3").returncode == 0
     assert _store_attrs(r2 / "features.zarr")["model"]["source"] == str(r1 / "model.pt")
+    assert not [p.name for p in r1.iterdir() if p.name.startswith("bank")]  # never to be read
     assert status(ws)["rounds"][2]["cluster"]["n_samples"] == 120
 
 
