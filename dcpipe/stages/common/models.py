@@ -259,11 +259,12 @@ class DeepClusterNet(nn.Module):
         return self._projected(x)
 
     def _projected(self, x) -> torch.Tensor:
-        return F.normalize(self.projection(self._fc(x)), dim=1)
+        return F.normalize(self.projection(self.classifier_output(x)), dim=1)
 
-    def _fc(self, x) -> torch.Tensor:
-        """Classifier output of a batch, or of a list of crops (v2's multi-crop): consecutive
-        crops of one size go through the convs together, the rows come out crop after crop."""
+    def classifier_output(self, x) -> torch.Tensor:
+        """What the top layer (v1) or the projection (v2) takes, of a batch or of a list of crops
+        (v2's multi-crop): consecutive crops of one size go through the convs together, the rows
+        come out crop after crop."""
         if isinstance(x, torch.Tensor):
             return self.classifier(self._trunk(x))
         groups, parts = [], []
@@ -283,7 +284,7 @@ class DeepClusterNet(nn.Module):
         if self.top is None:
             raise RuntimeError("model has no top layer: call replace_top(k) or set_prototypes")
         if self.projection is None:
-            return self.top(self._fc(x))
+            return self.top(self.classifier_output(x))
         z = self._projected(x)
         return (self.top(z), z) if with_projection else self.top(z)
 

@@ -9,6 +9,7 @@ from dcpipe.stages.common.ranges import Range, above, check_ranges
 METHODS = ("deepcluster", "deepcluster-v2")
 SCHEDULES = ("constant", "cosine")
 FEATURES = ("extract", "bank")
+HEAD_INITS = ("random", "fitted")
 RANGES = {"batch_size": Range(1, 65536), "lr": above(0, 100), "momentum": Range(0, 0.999),
           "weight_decay": Range(0, 1), "reassign": above(0, 10_000), "crop_min": above(0, 1),
           "workers": Range(0, 256), "checkpoint_every": Range(1, 10**9),
@@ -36,6 +37,8 @@ class TrainSettings:
     temperature: float = 0.1  # deepcluster-v2: logits = prototypes . z / temperature
     small_crops: int = 6  # deepcluster-v2: crops at half the input size, besides the 2 full ones
     precision: str = "auto"  # bf16 autocast where the CPU/GPU has fast bf16 (auto), bf16 or fp32
+    head_init: str = "random"  # deepcluster: the round's top layer, N(0, 0.01) (the paper) or
+    #                           "fitted" to the clusters on the first draws (top_fit.py)
     features: str = "extract"  # deepcluster-v2: the next round's features from the extract stage,
     #                            or "bank": the projections this round's training produced (bank.py)
 
@@ -46,7 +49,15 @@ class TrainSettings:
         if self.lr_schedule not in SCHEDULES:
             raise SettingsError(f"lr_schedule must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}")
         check_ranges(self, RANGES)
+        self._check_head_init()
         self._check_bank()
+
+    def _check_head_init(self) -> None:
+        if self.head_init not in HEAD_INITS:
+            raise SettingsError(f"head_init must be one of {list(HEAD_INITS)}, got {self.head_init!r}")
+        if self.head_init == "fitted" and self.method != "deepcluster":
+            raise SettingsError('head_init = "fitted" is for DeepCluster\'s top layer; '
+                                "DeepCluster-v2's heads are always the round's centroids")
 
     def _check_bank(self) -> None:
         if self.features not in FEATURES:

@@ -61,6 +61,7 @@ from dcpipe.stages.train.multicrop import MultiCrop
 from dcpipe.stages.train.objectives import Classification, PrototypeMatching
 from dcpipe.stages.train.schedule import lr_at
 from dcpipe.stages.train.settings import TrainSettings
+from dcpipe.stages.train.top_fit import ClusterMoments, fit_samples
 
 log = logging.getLogger("dcpipe.train")
 CKPT_FORMAT = "dcpipe.train-ckpt/1"
@@ -296,6 +297,8 @@ class RoundTraining:
         first, plan = self.step, self.plan
         bar = tqdm(total=plan.steps, initial=first, unit="step", desc="train", dynamic_ncols=True,
                    disable=not progress or self.ctx.rank != 0)
+        fitted = first == 0 and self.config["head_init"] == "fitted"  # resumed: in the checkpoint
+        top_fit_s = self._fit_top(workers) if fitted else 0.0
         loop_start, waited = time.perf_counter(), 0.0
         if first < plan.steps:
             batches = self._batches(workers)
@@ -304,11 +307,37 @@ class RoundTraining:
             finally:
                 batches.close()
         bar.close()
-        timing = {"startup_s": loop_start - self.t0, "loop_s": time.perf_counter() - loop_start,
-                  "data_wait_s": waited,
+        timing = {"startup_s": loop_start - self.t0 - top_fit_s, "top_fit_s": top_fit_s,
+                  "loop_s": time.perf_counter() - loop_start, "data_wait_s": waited,
                   "samples": sum(plan.consumed(q, plan.steps) - plan.consumed(q, first)
                                  for q in range(self.ctx.world))}
         return self._finish(first, timing)
+
+    def _fit_top(self, workers: int) -> float:
+        """head_init "fitted": the top layer set from the round's first draws (top_fit.py),
+        with the BatchNorm statistics as they were before those forward passes; its seconds."""
+        started, c, ctx = time.perf_counter(), self.config, self.ctx
+        moments = ClusterMoments(self.k, self.model.feature_dim)
+        wanted = min(fit_samples(self.k, ctx.world), sum(self.lengths))
+        kept = {name: b.clone() for name, b in self.model.named_buffers()}
+        torch.manual_seed(seeds.int_seed(c["seed"], c["round"], Domain.TOP_FIT, ctx.rank))
+        batches = self._batches(workers)
+        try:
+            with torch.no_grad(), autocast(ctx.device, self.dtype):
+                for done in range(0, wanted, c["batch_size"]):
+                    images, labels, _ = batches.take(min(c["batch_size"], wanted - done))
+                    x = images.to(ctx.device).contiguous(memory_format=torch.channels_last)
+                    moments.add(self.model.classifier_output(x), labels)
+        finally:
+            batches.close()
+        top = self.model.top  # the round's random top layer: the size the fitted one keeps
+        weight, bias = moments.over_ranks(ctx).discriminant(top.weight.norm(dim=1).mean().item())
+        with torch.no_grad():
+            for name, b in self.model.named_buffers():
+                b.copy_(kept[name])
+            top.weight.copy_(weight)
+            top.bias.copy_(bias)
+        return time.perf_counter() - started
 
     def _batches(self, workers: int) -> MergedBatches:
         c, device = self.config, self.ctx.device

@@ -117,9 +117,11 @@ def test_bad_inputs_fail_clearly(tmp_path, collection, round0):
         run_train(shards, labels_dir, tmp_path / "w", **{**OPTIONS, "lr": 0.1, "seed": 2})
 
 
-def test_sigkill_then_rerun_finishes_the_round_as_if_never_killed(tmp_path, collection):
+@pytest.mark.parametrize("head_init", ["random", "fitted"])
+def test_sigkill_then_rerun_finishes_the_round_as_if_never_killed(tmp_path, collection, head_init):
     shards, labels_dir = collection
-    options = {**OPTIONS, "batch_size": 8}  # ~38 steps: the kill lands well before the end
+    options = {**OPTIONS, "batch_size": 8,  # ~38 steps: the kill lands well before the end
+               "head_init": head_init}
     reference_out = tmp_path / "uninterrupted"
     reference = run_train(shards, labels_dir, reference_out, **options)
     out = tmp_path / "killed"
@@ -138,12 +140,15 @@ def test_sigkill_then_rerun_finishes_the_round_as_if_never_killed(tmp_path, coll
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
 
 
-def test_two_rank_ddp_with_unequal_ranks_finishes(tmp_path):
+@pytest.mark.parametrize("head_init", ["random", "fitted"])
+def test_two_rank_ddp_with_unequal_ranks_finishes(tmp_path, head_init):
     # Rank 0 reads shards 0 and 2 (270 samples: batches above batch_size, split in micro-batches),
-    # rank 1 shard 1 (4 samples: most of its batches are empty). Neither may hang the other.
+    # rank 1 shard 1 (4 samples: most of its batches are empty; a fitted top's fit takes its 4
+    # samples, rank 0 its 200). Neither may hang the other.
     shards, labels_dir = _collection(tmp_path / "data", (150, 4, 120), seed=7)
     out = tmp_path / "ddp"
-    proc = launch(TWO_RANKS, shards[0].path.parent, labels_dir, out, OPTIONS)
+    proc = launch(TWO_RANKS, shards[0].path.parent, labels_dir, out,
+                  {**OPTIONS, "head_init": head_init})
     _, stderr = output_or_fail(proc, 180, "the 2-rank DDP round")
     assert proc.returncode == 0, stderr[-3000:]
     record = json.loads((out / "train.json").read_text())
