@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 
-def _channels_last(images: torch.Tensor) -> torch.Tensor:
+def channels_last(images: torch.Tensor) -> torch.Tensor:
     """The layout the model's convs run fastest in on CPU (oneDNN), as the model itself."""
     return images.contiguous(memory_format=torch.channels_last)
 
@@ -15,7 +15,7 @@ class Classification:
     """DeepCluster: cross-entropy of the round's fresh top layer against the pseudo-label."""
 
     def loss(self, net, images: torch.Tensor, labels: torch.Tensor) -> tuple:
-        return F.cross_entropy(net(_channels_last(images)), labels, reduction="sum"), None
+        return F.cross_entropy(net(channels_last(images)), labels, reduction="sum"), None
 
     def blank(self, net, images: torch.Tensor) -> torch.Tensor:
         return net(images.new_zeros((1, *images.shape[1:]))).sum() * 0.0
@@ -31,7 +31,7 @@ class PrototypeMatching:
     def loss(self, net, images: torch.Tensor, labels: torch.Tensor) -> tuple:
         """(loss, bank rows): the bank row of an image is the normalised mean of its two
         full-size crops' projections (crops 0 and 1, SwAV's crops_for_assign)."""
-        crops = [_channels_last(c) for c in self.unpack(images)]
+        crops = [channels_last(c) for c in self.unpack(images)]
         heads, z = net(crops, with_projection=True)  # per head: (crops x n, k), crop after crop
         targets = labels.view(len(images), -1)
         total = sum(F.cross_entropy(logits, targets[:, h].repeat(len(crops)), reduction="sum")

@@ -43,25 +43,26 @@ class TrainSettings:
     #                            or "bank": the projections this round's training produced (bank.py)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise SettingsError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        self._check_choice("method", METHODS)
         check_precision(self.precision)
-        if self.lr_schedule not in SCHEDULES:
-            raise SettingsError(f"lr_schedule must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}")
+        self._check_choice("lr_schedule", SCHEDULES)
         check_ranges(self, RANGES)
         self._check_head_init()
         self._check_bank()
 
+    def _check_choice(self, name: str, choices: tuple) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {list(choices)}, got {value!r}")
+
     def _check_head_init(self) -> None:
-        if self.head_init not in HEAD_INITS:
-            raise SettingsError(f"head_init must be one of {list(HEAD_INITS)}, got {self.head_init!r}")
+        self._check_choice("head_init", HEAD_INITS)
         if self.head_init == "fitted" and self.method != "deepcluster":
             raise SettingsError('head_init = "fitted" is for DeepCluster\'s top layer; '
                                 "DeepCluster-v2's heads are always the round's centroids")
 
     def _check_bank(self) -> None:
-        if self.features not in FEATURES:
-            raise SettingsError(f"features must be one of {list(FEATURES)}, got {self.features!r}")
+        self._check_choice("features", FEATURES)
         if self.features == "bank" and self.method != "deepcluster-v2":
             raise SettingsError('features = "bank" is DeepCluster-v2\'s memory bank: set [train] '
                                 'method = "deepcluster-v2", or features = "extract"')

@@ -58,7 +58,7 @@ from dcpipe.stages.train.bank import BankPart, BankSpec, assemble, check_layout
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
 from dcpipe.stages.train.batches import MergedBatches, open_streams
 from dcpipe.stages.train.multicrop import MultiCrop
-from dcpipe.stages.train.objectives import Classification, PrototypeMatching
+from dcpipe.stages.train.objectives import Classification, PrototypeMatching, channels_last
 from dcpipe.stages.train.schedule import lr_at
 from dcpipe.stages.train.settings import TrainSettings
 from dcpipe.stages.train.top_fit import ClusterMoments, fit_samples
@@ -326,7 +326,7 @@ class RoundTraining:
             with torch.no_grad(), autocast(ctx.device, self.dtype):
                 for done in range(0, wanted, c["batch_size"]):
                     images, labels, _ = batches.take(min(c["batch_size"], wanted - done))
-                    x = images.to(ctx.device).contiguous(memory_format=torch.channels_last)
+                    x = channels_last(images.to(ctx.device))
                     moments.add(self.model.classifier_output(x), labels)
         finally:
             batches.close()

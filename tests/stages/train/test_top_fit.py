@@ -24,22 +24,22 @@ run_train = with_settings(train, ModelSpec, TrainSettings)
 
 
 def _planted(n: int, k: int, dim: int, seed: int):
-    """Gaussian clusters: (points, labels, means); the means far apart along random directions."""
+    """Gaussian clusters: (points, labels), the means far apart along random directions."""
     rng = np.random.default_rng(seed)
     means = rng.standard_normal((k, dim)) * 3
     labels = rng.integers(0, k, n)
     points = means[labels] + rng.standard_normal((n, dim)) * np.linspace(0.5, 2, dim)
-    return torch.from_numpy(points).float(), torch.from_numpy(labels), means
+    return torch.from_numpy(points).float(), torch.from_numpy(labels)
 
 
 def test_the_discriminant_ranks_planted_clusters_and_leaves_an_undrawn_one_neutral():
-    points, labels, _ = _planted(3000, K, 24, seed=0)
+    points, labels = _planted(3000, K, 24, seed=0)
     labels[labels == 5] = 4  # cluster 5 never drawn
     moments = ClusterMoments(K, 24)
     for part in range(3):  # added in pieces, as batch after batch
         moments.add(points[part::3], labels[part::3])
     weight, bias = moments.over_ranks(ProcessGroup.start()).discriminant(row_norm=0.5)
-    test_points, test_labels, _ = _planted(1000, K, 24, seed=0)
+    test_points, test_labels = _planted(1000, K, 24, seed=0)
     drawn = test_labels != 5
     predicted = (test_points @ weight.T + bias).argmax(1)
     assert (predicted[drawn] == test_labels[drawn]).float().mean() > 0.95
@@ -49,7 +49,7 @@ def test_the_discriminant_ranks_planted_clusters_and_leaves_an_undrawn_one_neutr
 
 
 def test_moments_added_in_any_split_are_the_same():
-    points, labels, _ = _planted(500, K, 6, seed=1)
+    points, labels = _planted(500, K, 6, seed=1)
     whole, halves = ClusterMoments(K, 6), ClusterMoments(K, 6)
     whole.add(points, labels)
     halves.add(points[:123], labels[:123])
@@ -86,7 +86,6 @@ def test_a_fitted_round_starts_from_its_clusters_a_random_one_from_chance(tmp_pa
     paper = run_train(*collection, tmp_path / "random", **still)
     assert _accuracy_of_top(tmp_path / "fitted" / "model.pt") > 0.3  # measured 0.43; chance 0.125
     assert _accuracy_of_top(tmp_path / "random" / "model.pt") < 0.25
-    assert _accuracy_of_top(tmp_path / "random" / "model.pt") < 0.4
     assert fitted["timings"]["top_fit_s"] > 0 and paper["timings"]["top_fit_s"] == 0
     assert fitted["config"]["head_init"] == "fitted" and paper["config"]["head_init"] == "random"
 
