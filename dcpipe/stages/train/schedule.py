@@ -5,11 +5,10 @@ import math
 
 from dcpipe.errors import SettingsError
 
-FINAL_SHARE = 1e-3  # the cosine ends at lr / 1000 (SwAV: 4.8 -> 0.0048)
-
 
 def lr_at(base: float, schedule: str, warmup_rounds: float, total_rounds: int, round_index: int,
-          step: int, steps: int) -> float:
+          step: int, steps: int, floor: float) -> float:
+    """floor: the share of base the cosine ends at."""
     if schedule == "constant":
         return base
     if total_rounds < 1:
@@ -20,5 +19,5 @@ def lr_at(base: float, schedule: str, warmup_rounds: float, total_rounds: int, r
         return base * t / warmup_rounds
     span = max(total_rounds - warmup_rounds, 1e-9)
     progress = min((t - warmup_rounds) / span, 1.0)
-    final = base * FINAL_SHARE
+    final = base * floor
     return final + 0.5 * (base - final) * (1 + math.cos(math.pi * progress))

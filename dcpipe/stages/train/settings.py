@@ -13,7 +13,7 @@ HEAD_INITS = ("random", "fitted")
 RANGES = {"batch_size": Range(1, 65536), "lr": above(0, 100), "momentum": Range(0, 0.999),
           "weight_decay": Range(0, 1), "reassign": above(0, 10_000), "crop_min": above(0, 1),
           "workers": Range(0, 256), "checkpoint_every": Range(1, 10**9),
-          "loss_every": Range(1, 10**9), "warmup_rounds": Range(0, 10_000),
+          "loss_every": Range(1, 10**9), "warmup_rounds": Range(0, 10_000), "lr_floor": Range(0, 1),
           "total_rounds": Range(0, 100_000), "temperature": above(0, 100),
           "small_crops": Range(0, 64)}
 
@@ -33,6 +33,7 @@ class TrainSettings:
     loss_every: int = 10  # steps between points of the recorded loss curve
     lr_schedule: str = "constant"  # or cosine: linear warm-up, then cosine decay over the run
     warmup_rounds: float = 0.0  # cosine: rounds of linear warm-up from 0
+    lr_floor: float = 0.001  # cosine: the lr it ends at, as a share of lr (SwAV: 4.8 -> 0.0048)
     total_rounds: int = 0  # cosine: rounds the schedule spans (0: those of `dcpipe run --rounds`)
     temperature: float = 0.1  # deepcluster-v2: logits = prototypes . z / temperature
     small_crops: int = 6  # deepcluster-v2: crops at half the input size, besides the 2 full ones

@@ -392,7 +392,7 @@ class RoundTraining:
     def _lr(self, step: int) -> float:
         c = self.config
         return lr_at(c["lr"], c["lr_schedule"], c["warmup_rounds"], c["total_rounds"],
-                     c["round"], step, self.plan.steps)
+                     c["round"], step, self.plan.steps, c["lr_floor"])
 
     def _set_lr(self, step: int) -> None:
         for opt in self.optimizers:

@@ -74,7 +74,8 @@ def test_prototypes_are_the_round_centroids_and_do_not_move(heads, tmp_path):
     optim = torch.load(tmp_path / "optim_body.pt", weights_only=True)
     assert len(optim["state"]) == len(model.body_parameters())
     first, last = record["lr_first_last"]
-    assert first == pytest.approx(lr_at(0.1, "cosine", 0.5, 3, 1, 0, record["steps"]))
+    expected = lr_at(0.1, "cosine", 0.5, 3, 1, 0, record["steps"], TrainSettings.lr_floor)
+    assert first == pytest.approx(expected)
     assert last < first  # past the warm-up, the cosine decays through round 1 of 3
     assert record["config"]["method"] == "deepcluster-v2" and record["samples"] == 150
 
@@ -119,10 +120,13 @@ def test_the_loss_pairs_every_crop_with_its_images_targets():
 
 
 def test_cosine_schedule_warms_up_then_decays_and_is_a_function_of_round_and_step():
-    lr = [lr_at(0.3, "cosine", 1.0, 4, r, s, 10) for r in range(4) for s in range(10)]
+    lr = [lr_at(0.3, "cosine", 1.0, 4, r, s, 10, 0.001) for r in range(4) for s in range(10)]
     assert lr[0] == 0.0 and lr[5] == pytest.approx(0.15) and lr[10] == pytest.approx(0.3)
     assert all(a >= b for a, b in zip(lr[10:], lr[11:])) and lr[-1] < 0.01
-    assert lr_at(0.3, "constant", 1.0, 4, 2, 7, 10) == 0.3
+    floored = [lr_at(0.3, "cosine", 1.0, 4, r, s, 10, 0.1) for r in range(5) for s in range(10)]
+    assert floored[40] == pytest.approx(0.03) and min(floored[10:]) == pytest.approx(0.03)
+    assert all(f >= x for f, x in zip(floored, lr))  # the floor lifts the tail, nothing else
+    assert lr_at(0.3, "constant", 1.0, 4, 2, 7, 10, 0.001) == 0.3
 
 
 def _launch(launcher, heads, out, options):
