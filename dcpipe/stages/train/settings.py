@@ -36,7 +36,8 @@ class TrainSettings:
     lr_floor: float = 0.001  # cosine: the lr it ends at, as a share of lr (SwAV: 4.8 -> 0.0048)
     total_rounds: int = 0  # cosine: rounds the schedule spans (0: those of `dcpipe run --rounds`)
     temperature: float = 0.1  # deepcluster-v2: logits = prototypes . z / temperature
-    small_crops: int = 6  # deepcluster-v2: crops at half the input size, besides the 2 full ones
+    small_crops: int = 2  # deepcluster-v2: crops at half the input size, besides the 2 full ones
+    #                      (2, not SwAV's 6: more epochs per CPU-hour, docs/benchmarks.md)
     precision: str = "auto"  # bf16 autocast where the CPU/GPU has fast bf16 (auto), bf16 or fp32
     head_init: str = "random"  # deepcluster: the round's top layer, N(0, 0.01) (the paper) or
     #                           "fitted" to the clusters on the first draws (top_fit.py)
