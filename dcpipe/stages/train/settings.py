@@ -13,8 +13,8 @@ HEAD_INITS = ("random", "fitted")
 RANGES = {"batch_size": Range(1, 65536), "lr": above(0, 100), "momentum": Range(0, 0.999),
           "weight_decay": Range(0, 1), "reassign": above(0, 10_000), "crop_min": above(0, 1),
           "workers": Range(0, 256), "checkpoint_every": Range(1, 10**9),
-          "loss_every": Range(1, 10**9), "warmup_rounds": Range(0, 10_000), "lr_floor": Range(0, 1),
-          "total_rounds": Range(0, 100_000), "temperature": above(0, 100),
+          "loss_every": Range(1, 10**9), "warmup_rounds": Range(0, 10_000),
+          "lr_floor": Range(0, 1), "total_rounds": Range(0, 100_000), "temperature": above(0, 100),
           "small_crops": Range(0, 64)}
 
 

@@ -125,7 +125,7 @@ def test_cosine_schedule_warms_up_then_decays_and_is_a_function_of_round_and_ste
     assert all(a >= b for a, b in zip(lr[10:], lr[11:])) and lr[-1] < 0.01
     floored = [lr_at(0.3, "cosine", 1.0, 4, r, s, 10, 0.1) for r in range(5) for s in range(10)]
     assert floored[40] == pytest.approx(0.03) and min(floored[10:]) == pytest.approx(0.03)
-    assert all(f >= x for f, x in zip(floored, lr))  # the floor lifts the tail, nothing else
+    assert all(f >= x for f, x in zip(floored, lr))  # never below the unfloored schedule
     assert lr_at(0.3, "constant", 1.0, 4, 2, 7, 10, 0.001) == 0.3
 
 
