@@ -132,12 +132,12 @@ def _flat_dim(layers, size: int) -> int:
     return channels * size * size
 
 
-def _make_classifier(flat: int, fc: int, dropout_first: bool) -> nn.Sequential:
+def _make_classifier(flat: int, fc: int, dropout_first: bool, p: float) -> nn.Sequential:
     if dropout_first:
-        layers = [nn.Dropout(0.5), nn.Linear(flat, fc), nn.ReLU(inplace=True),
-                  nn.Dropout(0.5), nn.Linear(fc, fc), nn.ReLU(inplace=True)]
+        layers = [nn.Dropout(p), nn.Linear(flat, fc), nn.ReLU(inplace=True),
+                  nn.Dropout(p), nn.Linear(fc, fc), nn.ReLU(inplace=True)]
     else:
-        layers = [nn.Linear(flat, fc), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        layers = [nn.Linear(flat, fc), nn.ReLU(inplace=True), nn.Dropout(p),
                   nn.Linear(fc, fc), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
@@ -200,15 +200,16 @@ class DeepClusterNet(nn.Module):
     Prototypes set from the round's centroids."""
 
     def __init__(self, arch: str, *, sobel: bool, input_size: int, num_classes: int | None,
-                 width: int | None, projection: int, generator: torch.Generator | None):
+                 width: int | None, projection: int, dropout: float,
+                 generator: torch.Generator | None):
         super().__init__()
         spec = ARCHS[arch](width)
         self.config = {"arch": arch, "sobel": sobel, "input_size": input_size, "width": width,
-                       "projection": projection, "feature_dim": projection or spec.fc_dim,
-                       "top_k": None}
+                       "projection": projection, "dropout": dropout,
+                       "feature_dim": projection or spec.fc_dim, "top_k": None}
         self.features, self._conv_idx = _make_features(spec.layers, 2 if sobel else 3)
         flat = _flat_dim(spec.layers, input_size)
-        self.classifier = _make_classifier(flat, spec.fc_dim, spec.dropout_first)
+        self.classifier = _make_classifier(flat, spec.fc_dim, spec.dropout_first, dropout)
         self.projection = _make_projection(spec.fc_dim, projection) if projection else None
         for m in self.modules():
             _init_module(m, generator)
@@ -315,7 +316,7 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None,
     with rng_guard:
         return DeepClusterNet(spec.arch, sobel=spec.sobel, input_size=spec.input_size,
                               num_classes=num_classes, width=width, projection=spec.projection,
-                              generator=generator)
+                              dropout=spec.dropout, generator=generator)
 
 
 def random_init(spec: ModelSpec, seed: int, num_classes: int | None = None) -> DeepClusterNet:

@@ -10,7 +10,8 @@ from dcpipe.stages.common.ranges import Range, check_ranges
 ARCHS = ("small", "alexnet", "vgg16")
 # input_size: the smallest input each architecture's conv stack still reduces to >= 1 pixel is
 # checked when the network is built (models.py); the maximum keeps one image's activations in RAM
-RANGES = {"input_size": Range(8, 1024), "width": Range(0, 1024), "projection": Range(0, 8192)}
+RANGES = {"input_size": Range(8, 1024), "width": Range(0, 1024), "projection": Range(0, 8192),
+          "dropout": Range(0.0, 0.9)}
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class ModelSpec:
     input_size: int = 32  # network input (small: 32-96; alexnet/vgg16: 224)
     width: int = 0  # small only: first conv's channels (0 = the architecture's default)
     projection: int = 0  # DeepCluster-v2's L2-normalised projection head, this many dims (0: none)
+    dropout: float = 0.5  # before each of the classifier's fc layers (the paper's AlexNet: 0.5)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -34,6 +36,7 @@ class ModelSpec:
     @classmethod
     def from_meta(cls, meta: dict) -> "ModelSpec":
         """The spec recorded in a model file's metadata (older files: width None = default, no
-        projection)."""
+        projection, dropout 0.5)."""
         return cls(arch=meta["arch"], sobel=meta["sobel"], input_size=meta["input_size"],
-                   width=meta.get("width") or 0, projection=meta.get("projection") or 0)
+                   width=meta.get("width") or 0, projection=meta.get("projection") or 0,
+                   dropout=meta.get("dropout", 0.5))
