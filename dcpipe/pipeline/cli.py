@@ -250,7 +250,7 @@ def shard(ctx, src, fmt, url_col, key_col, meta_cols, node_rank, num_nodes, as_j
 def round_options(command):
     command = click.option("--round", "r", type=click.IntRange(min=0), required=True,
                            help="Round number (0 = random init).")(command)
-    command = click.option("--arch", help="small, alexnet or vgg16.")(command)
+    command = click.option("--arch", help="small, small-gap, alexnet or vgg16.")(command)
     command = click.option("--input-size", type=int)(command)
     command = click.option("--sobel/--no-sobel", default=None)(command)
     return json_option(command)

@@ -14,7 +14,7 @@ from torch import nn
 
 PENULTIMATE = "penultimate"
 # The reference's AlexNet budget; the small-image model's maps are tiny, so a smaller one.
-PROBE_DIMS = {"small": 2048}
+PROBE_DIMS = {"small": 2048, "small-gap": 2048}
 DEFAULT_PROBE_DIMS = 9216
 
 

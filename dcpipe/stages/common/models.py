@@ -77,8 +77,17 @@ def _small(width: int) -> ArchSpec:
     return ArchSpec(layers, 16 * w, dropout_first=True)
 
 
-ARCHS = {"alexnet": _alexnet, "vgg16": _vgg16, "small": _small}
-DEFAULT_WIDTH = {"small": 64}  # architectures whose width can be chosen
+def _small_gap(width: int) -> ArchSpec:
+    """SwAV's backbone shape for 32-96 px: 4 convs (pools between), global average pooling, no
+    fc layers; the pooled 8w channels are the features (what the projection takes)."""
+    w = width
+    pool = ("pool", 2, 2)
+    layers = (_conv(w), pool, _conv(2 * w), pool, _conv(4 * w), pool, _conv(8 * w), ("gap",))
+    return ArchSpec(layers, 0, dropout_first=False)
+
+
+ARCHS = {"alexnet": _alexnet, "vgg16": _vgg16, "small": _small, "small-gap": _small_gap}
+DEFAULT_WIDTH = {"small": 64, "small-gap": 64}  # architectures whose width can be chosen
 
 
 # ---------------------------------------------------------------- layers
@@ -111,6 +120,8 @@ def _make_features(layers, in_channels: int) -> tuple[nn.Sequential, list[int]]:
             in_channels = out
         elif layer[0] == "pool":
             modules.append(nn.MaxPool2d(kernel_size=layer[1], stride=layer[2]))
+        elif layer[0] == "gap":
+            modules.append(nn.AdaptiveAvgPool2d(1))
         else:
             modules.append(nn.AdaptiveMaxPool2d(layer[1]))
     return nn.Sequential(*modules), conv_idx
@@ -126,13 +137,16 @@ def _flat_dim(layers, size: int) -> int:
         elif layer[0] == "pool":
             size = (size - layer[1]) // layer[2] + 1
         else:
-            size = layer[1]
+            size = layer[1] if layer[0] == "adapool" else 1
         if size < 1:
             raise SettingsError(f"input_size {input_size} is too small for this architecture")
     return channels * size * size
 
 
 def _make_classifier(flat: int, fc: int, dropout_first: bool, p: float) -> nn.Sequential:
+    """Two fc layers of `fc` units with dropout p; none (the identity) when fc is 0."""
+    if not fc:
+        return nn.Sequential()
     if dropout_first:
         layers = [nn.Dropout(p), nn.Linear(flat, fc), nn.ReLU(inplace=True),
                   nn.Dropout(p), nn.Linear(fc, fc), nn.ReLU(inplace=True)]
@@ -205,12 +219,13 @@ class DeepClusterNet(nn.Module):
         super().__init__()
         spec = ARCHS[arch](width)
         self.config = {"arch": arch, "sobel": sobel, "input_size": input_size, "width": width,
-                       "projection": projection, "dropout": dropout,
-                       "feature_dim": projection or spec.fc_dim, "top_k": None}
+                       "projection": projection, "dropout": dropout, "top_k": None}
         self.features, self._conv_idx = _make_features(spec.layers, 2 if sobel else 3)
         flat = _flat_dim(spec.layers, input_size)
         self.classifier = _make_classifier(flat, spec.fc_dim, spec.dropout_first, dropout)
-        self.projection = _make_projection(spec.fc_dim, projection) if projection else None
+        below = spec.fc_dim or flat  # what the top layer or the projection takes
+        self.config["feature_dim"] = projection or below
+        self.projection = _make_projection(below, projection) if projection else None
         for m in self.modules():
             _init_module(m, generator)
         self.sobel = make_sobel() if sobel else None
@@ -228,14 +243,14 @@ class DeepClusterNet(nn.Module):
 
     def replace_top(self, k: int, generator: torch.Generator | None = None) -> nn.Linear:
         """A fresh top layer Linear(feature_dim, k), N(0, 0.01) weights, zero bias (v1)."""
-        ref = self.classifier[-2].weight
+        ref = next(self.parameters())
         self.top = _new_linear(self.feature_dim, k, generator).to(ref.device, ref.dtype)
         self.config["top_k"] = k
         return self.top
 
     def set_prototypes(self, centroids: list[torch.Tensor], temperature: float) -> Prototypes:
         """v2's top: one head per centroid matrix (k_h x feature_dim), fixed for the round."""
-        ref = self.classifier[-2].weight
+        ref = next(self.parameters())
         self.top = Prototypes([tuple(c.shape) for c in centroids], temperature).to(ref.device)
         self.top.set(centroids)
         self.config["top_k"] = [len(c) for c in centroids]
@@ -305,8 +320,8 @@ def build_model(spec: ModelSpec, *, num_classes: int | None = None,
                 seed: int | None = None) -> DeepClusterNet:
     """A freshly initialised network; `seed` makes the init reproducible (global RNG untouched).
 
-    `spec.width` (small only) is the first conv's channel count (0: 64, convs 64-128-256-256-128,
-    fc 1024). `num_classes=None` leaves no top layer (enough for `embed`).
+    `spec.width` (small, small-gap) is the first conv's channel count (0: 64; small: convs
+    64-128-256-256-128, fc 1024). `num_classes=None` leaves no top layer (enough for `embed`).
     """
     width = spec.width or DEFAULT_WIDTH.get(spec.arch)
     if seed is None:

@@ -37,8 +37,8 @@ def test_sobel_stays_frozen_and_body_parameters_exclude_it():
 
 
 @pytest.mark.parametrize("arch,size,dim,convs", [
-    ("small", 32, 1024, 5), ("small", 64, 1024, 5), ("alexnet", 64, 4096, 5),
-    ("vgg16", 32, 4096, 13)])
+    ("small", 32, 1024, 5), ("small", 64, 1024, 5), ("small-gap", 32, 512, 4),
+    ("small-gap", 96, 512, 4), ("alexnet", 64, 4096, 5), ("vgg16", 32, 4096, 13)])
 def test_output_shapes(arch, size, dim, convs):
     model = build_model(ModelSpec(arch, input_size=size), num_classes=7, seed=0).eval()
     x = torch.randn(2, 3, size, size)
@@ -129,6 +129,33 @@ def test_save_load_round_trip_reproduces_embed_exactly(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.embed(x), model.embed(x))
         assert torch.equal(loaded(x), model(x))
+
+
+def test_dropout_is_a_setting_recorded_in_the_model_file(tmp_path):
+    x = torch.randn(6, 3, 32, 32)
+    outputs = {}
+    for p in (0.5, 0.0):
+        model = build_model(ModelSpec("small", input_size=32, width=16, dropout=p), seed=0)
+        model.train()
+        outputs[p] = [model.embed(x) for _ in range(2)]  # BN in train mode: the same batch twice
+        save_model(tmp_path / f"{p}.pt", model)
+        assert load_model(tmp_path / f"{p}.pt")[0].spec.dropout == p
+    assert not torch.equal(*outputs[0.5]) and torch.equal(*outputs[0.0])
+    with pytest.raises(Exception, match="dropout"):
+        ModelSpec(dropout=1.0)
+
+
+def test_small_gap_features_are_the_last_convs_channel_means():
+    model = build_model(ModelSpec("small-gap", input_size=32, width=8), seed=0).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        last = model.conv_activations(x)[-1]
+        assert torch.allclose(model.embed(x), last.mean(dim=(2, 3)), atol=1e-6)
+    assert not any(isinstance(m, (torch.nn.Linear, torch.nn.Dropout)) for m in model.modules())
+
+
+def test_a_model_file_without_dropout_loads_with_the_papers_half():
+    assert ModelSpec.from_meta({"arch": "small", "sobel": True, "input_size": 32}).dropout == 0.5
 
 
 class _Exploit:
