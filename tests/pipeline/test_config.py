@@ -101,7 +101,8 @@ def test_choosing_deepcluster_v2_brings_its_settings_under_the_files_own(tmp_pat
     path = tmp_path / "dcpipe.toml"
     path.write_text('[train]\nmethod = "deepcluster-v2"\n[cluster]\nheads = 2\n')
     c = config.load(path)
-    assert (c.model.sobel, c.model.projection, c.cluster.pca_dim) == (False, 128, 0)
+    assert (c.model.sobel, c.model.projection, c.model.dropout, c.cluster.pca_dim) == \
+        (False, 128, 0.0, 0)
     assert (c.train.lr_schedule, c.cluster.heads) == ("cosine", 2)  # the file's value wins
     path.write_text('[train]\nmethod = "deepcluster-v3"\n')
     with pytest.raises(config.ConfigError, match="unknown method 'deepcluster-v3'"):
