@@ -61,7 +61,7 @@ def link_split(cifar: Path, work: Path, holdout: int, probe: int) -> dict:
             target = roots[name] / class_dir.name
             target.mkdir(parents=True, exist_ok=True)
             for f in chosen:
-                (target / f.name).symlink_to(f)
+                (target / f.name).symlink_to(f.resolve())  # a relative --images would dangle
     return roots
 
 

@@ -13,7 +13,8 @@ followed (no loops). The class is the first path component; files directly under
 no class. What the walk cannot enter is listed too, so it becomes a row and that row's reject
 instead of stopping the walk: a sub-folder it cannot list as `rel/` (an `unreadable_folder`
 row, also logged with the error; its files become new rows once it is readable) and an entry
-it cannot stat, such as a symlink loop, as a file (its read fails with the reason).
+it cannot stat, such as a symlink loop, or a symlink whose target is gone, as a file (its read
+fails with the reason).
 """
 
 import hashlib
@@ -53,8 +54,13 @@ def walk_sorted(root, prefix="") -> Iterator[str]:
             continue
         if is_dir:
             yield from walk_sorted(entry.path, rel + "/")
-        elif is_file:
+        elif is_file or _dangling(entry):
             yield rel
+
+
+def _dangling(entry: os.DirEntry) -> bool:
+    """A symlink to nothing: a file the collection lost, so it becomes a rejected row."""
+    return entry.is_symlink() and not os.path.exists(entry.path)
 
 
 def _digest(rel: str) -> bytes:

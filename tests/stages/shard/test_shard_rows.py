@@ -137,15 +137,16 @@ def test_folder_walk_records_what_it_cannot_enter_and_goes_on():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_bytes(photo(120, 100, i))
         (root / "cat" / "loop.jpg").symlink_to("loop.jpg")
+        (root / "dog" / "gone.jpg").symlink_to(work / "moved-away.jpg")
         os.chmod(root / "locked", 0)
         out = work / "shards"
         with _unprivileged():
             stats = shard(root, out, shard_size=10, **QUICK)
-        assert rejects(out) == {1: "read_error", 3: "unreadable_folder"}
+        assert rejects(out) == {1: "read_error", 3: "not_found", 4: "unreadable_folder"}
         assert stats["written"] == 2 and _accounted(stats, out)
         os.chmod(root / "locked", 0o755)  # readable now: its file becomes a new row
         assert shard(root, out, shard_size=10, **QUICK)["written"] == 1
-        assert sorted(m["row"] for _, m in collection(out).values()) == [0, 2, 4]
+        assert sorted(m["row"] for _, m in collection(out).values()) == [0, 2, 5]
     finally:
         shutil.rmtree(work)
 
