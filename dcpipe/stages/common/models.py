@@ -28,7 +28,7 @@ from dcpipe.errors import FileFormatError, SettingsError
 from dcpipe.shards.atomic import atomic_write_bytes
 from dcpipe.stages.common import seeds
 from dcpipe.stages.common.digests import load_checked, save_checked
-from dcpipe.stages.common.modelspec import ModelSpec
+from dcpipe.stages.common.modelspec import WIDTH_ARCHS, ModelSpec
 from dcpipe.stages.common.safeload import load_tensors
 from dcpipe.stages.common.seeds import Domain
 
@@ -87,7 +87,7 @@ def _small_gap(width: int) -> ArchSpec:
 
 
 ARCHS = {"alexnet": _alexnet, "vgg16": _vgg16, "small": _small, "small-gap": _small_gap}
-DEFAULT_WIDTH = {"small": 64, "small-gap": 64}  # architectures whose width can be chosen
+DEFAULT_WIDTH = dict.fromkeys(WIDTH_ARCHS, 64)  # first conv's channels when width is 0
 
 
 # ---------------------------------------------------------------- layers

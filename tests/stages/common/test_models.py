@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dcpipe.errors import FileFormatError
+from dcpipe.errors import FileFormatError, SettingsError
 from dcpipe.stages.common.digests import load_checked, save_checked, verify_file
 from dcpipe.stages.common.modelspec import ModelSpec
 from support.damage import flip_low_bit_of_weight, largest_weight
@@ -141,7 +141,7 @@ def test_dropout_is_a_setting_recorded_in_the_model_file(tmp_path):
         save_model(tmp_path / f"{p}.pt", model)
         assert load_model(tmp_path / f"{p}.pt")[0].spec.dropout == p
     assert not torch.equal(*outputs[0.5]) and torch.equal(*outputs[0.0])
-    with pytest.raises(Exception, match="dropout"):
+    with pytest.raises(SettingsError, match="dropout"):
         ModelSpec(dropout=1.0)
 
 
