@@ -5,8 +5,9 @@ held-out part (`--holdout` per class) that no round ever sees. The collection is
 counted in the budget), then `dcpipe run` performs rounds exactly as a user's cron would, round
 after round, while the next round still fits in the budget (`--budget-minutes`, measured from
 the first round's start; a cosine schedule is fitted to the rounds that fit: the first round is
-its warm-up, after it the round time sets [train] total_rounds). Then the last model and a random
-init of the same architecture are measured with labels (evaluation only):
+its warm-up, after it and after each round of the first third the recent round times set [train]
+total_rounds). Then the last model and a random init of the same architecture are measured with
+labels (evaluation only):
 
 - k-means with k = 10 on the held-out images' features (the clustering feature: v1's
   penultimate layer, v2's projection), L2-normalised: ACC (Hungarian) and NMI, mean and spread
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -121,12 +123,16 @@ def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log
                 return rows
             r += 1
             continue
-        if r in (0, 1) and cosine and config.train.total_rounds == 0:
-            # the schedule spans the rounds the budget holds: guessed from the warm-up round,
-            # then refitted from round 1 (round 0 also pays for the random init's features)
-            set_total_rounds(ws, r + 1 + max(0, int((budget_s - elapsed) // seconds)))
-            log(f"cosine schedule over {read_toml(ws.config_path)['train']['total_rounds']} rounds")
         total = read_toml(ws.config_path).get("train", {}).get("total_rounds", 0)
+        if cosine and config.train.total_rounds == 0 and (r < 2 or r < total // 3):
+            # the schedule spans the rounds the budget holds: guessed from the warm-up round,
+            # then refitted from the median of the last 3 rounds (round 0 also pays for the
+            # random init's features) while the lr is still near its peak, so that a slow start
+            # does not leave the budget's end unused and a late change barely moves the decay
+            typical = statistics.median(row["seconds"] for row in rows[max(1, r - 2):]) if r else seconds
+            total = r + 1 + max(0, int((budget_s - elapsed) // typical))
+            set_total_rounds(ws, total)
+            log(f"cosine schedule over {total} rounds")
         r += 1
         if (total and r >= total) or elapsed + seconds > budget_s:
             return rows
