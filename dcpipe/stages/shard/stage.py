@@ -145,6 +145,9 @@ def shard(src, shards_dir, settings: ShardSettings = ShardSettings(), *, format=
     shaping = {**read, "image_size": image_size, "shard_size": settings.shard_size}
     with Distributor(settings.workers, settings.shards_per_worker) as dist:
         sid, n_rows, planned = _prepare(src, shards_dir, read, shaping)
+        if n_rows == 0:  # not an error (a folder may fill later), but rarely what was meant
+            log.warning("%s has no rows%s: nothing to shard", src,
+                        " (no image files under it)" if fmt == "folder" else "")
         done = _done_shards(shards_dir, planned, sid, record=world == 1)
         todo = [p for p in planned if p.index % world == rank and p.index not in done]
         rows = sources.iter_rows(src, **read, start=todo[0].row_start if todo else 0)

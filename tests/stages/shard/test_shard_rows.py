@@ -151,6 +151,16 @@ def test_folder_walk_records_what_it_cannot_enter_and_goes_on():
         shutil.rmtree(work)
 
 
+def test_an_empty_source_warns_and_writes_nothing(tmp_path, caplog):
+    (tmp_path / "photos" / "cat").mkdir(parents=True)  # a class folder, no files yet
+    write_csv(tmp_path / "list.csv", [])
+    for src in (tmp_path / "photos", tmp_path / "list.csv"):
+        caplog.clear()
+        stats = shard(src, tmp_path / f"shards-{src.stem}", **QUICK)
+        assert stats["rows_in_source"] == 0 and stats["shards_written"] == 0
+        assert f"{src} has no rows" in caplog.text
+
+
 def test_rewritten_source_list_is_refused_appended_rows_are_sharded(server, tmp_path):
     urls = serve_photos(server, 7, prefix="w")
     src = write_csv(tmp_path / "list.csv", [{"url": u} for u in urls[:5]])
