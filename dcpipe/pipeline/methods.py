@@ -11,7 +11,7 @@ commented out, so that changing the method line of a file `dcpipe init` wrote is
 DEEPCLUSTER_V2 = {  # BRIEF section 9 / SwAV's main_deepclusterv2.py, at CPU scale
     "model": {"sobel": False,  # RGB with colour distortion instead of the fixed Sobel
               "projection": 128,  # Linear(d, 2048)-BN-ReLU-Linear(2048, 128), L2-normalised
-              "width": 32,  # 4 crops an image: the narrower net trains 2.5x the img/s here
+              "width": 32,  # 4 crops an image: 2.3-2.4x the img/s of width 64 (docs/benchmarks.md)
               "dropout": 0.0},  # SwAV's backbones have none: k-NN +0.05 (docs/benchmarks.md)
     "cluster": {"pca_dim": 0,  # spherical k-means on the normalised projections, no whitening
                 "heads": 3, "niter": 10, "k": 300},
