@@ -104,8 +104,8 @@ def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log
     """Rounds while the next one fits in the budget (or exactly `rounds` of them); returns each
     round's time and record."""
     rows, started = [], time.perf_counter()
-    cosine = config.train.lr_schedule == "cosine"
-    r = 0
+    fitted = config.train.lr_schedule == "cosine" and config.train.total_rounds == 0
+    total, r = config.train.total_rounds, 0
     while True:
         begun = time.perf_counter()
         dcpipe(ws, "run", "--rounds", str(r + 1))
@@ -123,8 +123,7 @@ def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log
                 return rows
             r += 1
             continue
-        total = read_toml(ws.config_path).get("train", {}).get("total_rounds", 0)
-        if cosine and config.train.total_rounds == 0 and (r < 2 or r < total // 3):
+        if fitted and (r < 2 or r < total // 3):
             # the schedule spans the rounds the budget holds: guessed from the warm-up round,
             # then refitted from the median of the last 3 rounds (round 0 also pays for the
             # random init's features) while the lr is still near its peak, so that a slow start
