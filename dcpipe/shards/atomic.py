@@ -12,6 +12,9 @@ import json
 import os
 import re
 import secrets
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from dcpipe.errors import DcpipeError
@@ -99,11 +102,36 @@ class _WatchedFile:
         self._f.flush()
 
 
+@contextmanager
+def ctrl_c_deferred():
+    """Ctrl-C during the block is raised when it ends. A KeyboardInterrupt raised inside a write
+    that C++ called (torch.save) leaves its writer to fail with "unexpected pos" instead, so an
+    interrupted checkpoint exited 1 with a traceback. Only the main thread receives signals, and
+    a SIGINT already ignored (a background job) or handled otherwise is left alone."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def atomic_write_with(path, write) -> None:
     """Call `write(f)` on a temp file beside `path`, then publish it as `path`. No room on the
-    way raises DiskFull naming `path`, and leaves no temp file."""
+    way raises DiskFull naming `path`, and leaves no temp file. Ctrl-C waits for the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with ctrl_c_deferred():
+        _write_and_publish(path, write)
+
+
+def _write_and_publish(path: Path, write) -> None:
     tmp = temp_path(path)
     watched = None
     try:
