@@ -23,7 +23,7 @@ from dcpipe.pipeline.workspace import Workspace, WorkspaceError
 from dcpipe.shards.atomic import no_room, remove_stale_temps
 from dcpipe.stages.cluster.settings import RANGES as CLUSTER_RANGES
 from dcpipe.stages.common.distributed import ProcessGroup, is_rank_zero
-from dcpipe.stages.common.featurestore import finish_pending_writes
+from dcpipe.stages.common.zarrio import finish_pending_writes
 from dcpipe.stages.common.modelspec import RANGES as MODEL_RANGES
 from dcpipe.stages.evaluate.settings import RANGES as EVAL_RANGES
 from dcpipe.stages.evaluate.settings import EvalSettings

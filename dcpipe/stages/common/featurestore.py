@@ -24,7 +24,6 @@ still read as they did, unverified: their all-fill chunks were legitimately not 
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -34,7 +33,6 @@ from typing import Iterator
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
-from zarr.core import sync as zarr_sync
 from zarr.storage import LocalStore
 
 from dcpipe.errors import FileFormatError
@@ -233,23 +231,3 @@ def open_store(path, mode: str = "r") -> FeatureStore:
     """Open a store: mode "r" to read (clustering), "r+" to commit shards (extract)."""
     return FeatureStore(path, mode)
 
-
-def finish_pending_writes(timeout_s: float = 60.0) -> None:
-    """Let zarr's IO thread finish what an interrupted command left it writing, then stop it.
-    zarr's own exit hook gives a busy thread 0.2 s, then fails to close its event loop and
-    prints a traceback after "dcpipe: interrupted". A chunk cut short here is rewritten by the
-    rerun: its shard was never committed."""
-    io_loop = zarr_sync.loop[0]
-    if io_loop is None or io_loop.is_closed():
-        return
-
-    async def others_done():
-        others = asyncio.all_tasks() - {asyncio.current_task()}
-        if others:
-            await asyncio.wait(others)
-
-    try:
-        asyncio.run_coroutine_threadsafe(others_done(), io_loop).result(timeout_s)
-    except TimeoutError:
-        pass  # a hung disk: leave the thread to zarr's hook rather than hang on Ctrl-C
-    zarr_sync.cleanup_resources()

@@ -1,8 +1,4 @@
-"""The feature store verifies what it reads: chunk checksums, and a missing chunk is an error;
-an interrupted command lets zarr's IO thread finish before exit."""
-import subprocess
-import sys
-
+"""The feature store verifies what it reads: chunk checksums, and a missing chunk is an error."""
 import numpy as np
 import pytest
 
@@ -73,28 +69,3 @@ def test_a_store_written_before_checksums_still_reads_unverified(tmp_path):
     valid, blocks = _read_everything(path)
     assert valid.sum() == 6 and not open_store(path).checked
 
-
-EXIT_WHILE_ZARR_IS_BUSY = """
-import asyncio, sys, time
-from zarr.core import sync as zarr_sync
-from dcpipe.stages.common.featurestore import finish_pending_writes
-
-async def a_long_chunk_write():  # holds zarr's IO thread, as encoding a large chunk does
-    await asyncio.sleep(0.05)
-    time.sleep(1.0)
-
-asyncio.run_coroutine_threadsafe(a_long_chunk_write(), zarr_sync._get_loop())
-time.sleep(0.2)  # Ctrl-C arrives here, the write in flight
-if sys.argv[1] == "finish":
-    finish_pending_writes()
-"""
-
-
-@pytest.mark.parametrize("finish, clean", [("finish", True), ("exit", False)])
-def test_zarr_io_left_busy_by_ctrl_c_ends_cleanly_once_finished(finish, clean):
-    """zarr's own exit hook waits 0.2 s for its IO thread, then fails to close the running loop
-    and prints a traceback after "dcpipe: interrupted"; the unfinished run shows it still does."""
-    out = subprocess.run([sys.executable, "-c", EXIT_WHILE_ZARR_IS_BUSY, finish],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0
-    assert ("Traceback" not in out.stderr) == clean, out.stderr
