@@ -15,7 +15,10 @@ labels (evaluation only):
 - weighted k-NN top-1 (k = 20, cosine) of the held-out images against a labelled part of the
   collection (`--probe` per class);
 - linear probes on every conv layer and the clustering feature; the best one is reported;
-- training images per second (all crops of an image count as one image).
+- training images per second (all crops of an image count as one image);
+- the machine's model-bound speed before and after the rounds (crops/s of v2's width-32 net at
+  32 px, bf16 + channels_last, as benchmarks/bench_precision.py measures it): this machine has
+  run 1.6x slower on one day than on another, and a budget buys rounds in proportion.
 
     python benchmarks/cifar_quality.py --method deepcluster-v2 --budget-minutes 60 \\
         --work /tmp/cq-v2 [--set train.lr=0.3 --set model.width=32 ...]
@@ -45,6 +48,8 @@ from dcpipe.pipeline.workspace import Workspace
 from dcpipe.shards.atomic import read_json
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.evaluate import EvalSettings, evaluate
+
+from bench_precision import VARIANTS, images_per_s  # a sibling script: the same reading
 
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10" / "train"
 DCPIPE = str(Path(sys.executable).parent / "dcpipe")
@@ -137,6 +142,11 @@ def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log
             return rows
 
 
+def machine_speed() -> int:
+    """Crops/s of a fixed model-bound training step: which machine a budget's figures came from."""
+    return round(images_per_s(32, 32, VARIANTS["bf16 + channels_last"], batch=128, steps=16))
+
+
 def measure(roots: dict, model_path, spec: ModelSpec, seed: int, runs: int) -> dict:
     """Held-out quality of a model (or the random init of `spec`), as the README table shows."""
     settings = EvalSettings(protocols=("linear", "knn", "kmeans"), kmeans_l2=True, kmeans_runs=runs)
@@ -180,7 +190,9 @@ def main() -> None:
     shard_s = time.perf_counter() - started
     if args.rounds and config.train.total_rounds == 0:
         set_total_rounds(ws, args.rounds)
+    speed_before = machine_speed()
     rows = run_rounds(ws, config, args.budget_minutes * 60, log, args.rounds)
+    speed = [speed_before, machine_speed()]
     last = ws.round(rows[-1]["round"]).model
     trained = measure(roots, last, config.model, config.seed, args.kmeans_runs)
     random = measure(roots, None, config.model, config.seed, args.kmeans_runs)
@@ -189,7 +201,8 @@ def main() -> None:
               "shard_s": round(shard_s, 1), "rounds": rows,
               "rounds_s": round(sum(r["seconds"] for r in rows), 1),
               "config": configuration.load(ws.config_path).as_dict(),
-              "trained": trained, "random": random, "cpus": os.cpu_count()}
+              "trained": trained, "random": random, "cpus": os.cpu_count(),
+              "machine_crops_per_s": speed}
     (args.work / "quality.json").write_text(json.dumps(result, indent=1))
     print_table(result)
 
@@ -199,7 +212,8 @@ def print_table(result: dict) -> None:
     img_s = sum(r["images_per_s"] for r in rows) / len(rows)
     print(f"\n{result['method']} {' '.join(result['sets'])}: {len(rows)} rounds in "
           f"{result['rounds_s'] / 60:.1f} min (budget {result['budget_minutes']:.0f} min), "
-          f"train {img_s:.0f} img/s, shard {result['shard_s']:.0f} s, {result['cpus']} cores")
+          f"train {img_s:.0f} img/s, shard {result['shard_s']:.0f} s, {result['cpus']} cores, "
+          f"machine {' -> '.join(map(str, result['machine_crops_per_s']))} crops/s")
     print("| model | k-means ACC | k-means NMI | k-NN top-1 | best linear probe |")
     print("|---|---|---|---|---|")
     for name in ("trained", "random"):
