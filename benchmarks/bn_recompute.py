@@ -12,8 +12,9 @@ import random
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from dcpipe.pipeline.workspace import Workspace
+from dcpipe.stages.common.images import open_rgb
 from dcpipe.stages.common.models import eval_transform, load_model, save_model
 from dcpipe.stages.evaluate import EvalSettings, evaluate
 
@@ -28,7 +29,7 @@ def recompute_bn(model: torch.nn.Module, files: list[Path], input_size: int, bat
         m.train()
     with torch.no_grad():
         for i in range(0, len(files), batch):
-            model(torch.stack([transform(Image.open(f).convert("RGB")) for f in files[i:i + batch]]))
+            model(torch.stack([transform(open_rgb(f.read_bytes())) for f in files[i:i + batch]]))
     return model.eval()
 
 
@@ -39,14 +40,14 @@ def main() -> None:
     parser.add_argument("--sample-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="the run's training seed")
     args = parser.parse_args()
-    saved = sorted((args.work / "ws" / "rounds").iterdir())[-1] / "model.pt"
+    saved = Workspace(args.work / "ws").rounds()[-1].model
     model, meta = load_model(saved)
     files = sorted(p for p in (args.work / "src-collection").rglob("*") if p.is_file())
     random.Random(args.sample_seed).shuffle(files)
     recompute_bn(model, files[:args.images], meta["input_size"])
     recomputed = args.work / "bn-recomputed" / "model.pt"
     recomputed.parent.mkdir(exist_ok=True)
-    save_model(recomputed, model, {k: v for k, v in meta.items() if k != "sha256"})
+    save_model(recomputed, model, meta)
     settings = EvalSettings(protocols=("kmeans", "knn"), kmeans_l2=True, kmeans_runs=5)
     print(f"{saved}; running statistics over {args.images} images, sample seed {args.sample_seed}")
     print("| model | k-means ACC | k-means NMI | k-NN top-1 |\n|---|---|---|---|")
