@@ -24,6 +24,7 @@ class Domain(IntEnum):
     REPORT_SAMPLE = 13  # shards, clusters and queries a report shows
     COLOUR = 14  # DeepCluster-v2's colour distortion of a step's batch
     TOP_FIT = 15  # dropout masks of the passes a fitted top layer is fitted on
+    BN_SAMPLE = 16  # images a round's BatchNorm statistics are recomputed over
 
 
 def sequence(seed: int, round_index: int, domain: Domain, *keys: int) -> np.random.SeedSequence:

@@ -15,7 +15,7 @@ RANGES = {"batch_size": Range(1, 65536), "lr": above(0, 100), "momentum": Range(
           "workers": Range(0, 256), "checkpoint_every": Range(1, 10**9),
           "loss_every": Range(1, 10**9), "warmup_rounds": Range(0, 10_000),
           "lr_floor": Range(0, 1), "total_rounds": Range(0, 100_000), "temperature": above(0, 100),
-          "small_crops": Range(0, 64)}
+          "small_crops": Range(0, 64), "bn_images": Range(0, 10**9)}
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class TrainSettings:
     precision: str = "auto"  # bf16 autocast where the CPU/GPU has fast bf16 (auto), bf16 or fp32
     head_init: str = "random"  # deepcluster: the round's top layer, N(0, 0.01) (the paper) or
     #                           "fitted" to the clusters on the first draws (top_fit.py)
+    bn_images: int = 0  # BatchNorm statistics of the saved model recomputed over this many of the
+    #                    round's images, eval transform (running_stats.py); 0: training's own
     features: str = "extract"  # deepcluster-v2: the next round's features from the extract stage,
     #                            or "bank": the projections this round's training produced (bank.py)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import random
 import shutil
 import time
 from contextlib import nullcontext
@@ -48,7 +49,8 @@ from dcpipe.stages.common import seeds
 from dcpipe.stages.common.digests import load_checked, save_checked
 from dcpipe.stages.common.distributed import ProcessGroup
 from dcpipe.stages.common.labels import LabelsError, index_digest, read_index
-from dcpipe.stages.common.models import load_model, random_init, save_model, train_transform
+from dcpipe.stages.common.models import (eval_transform, load_model, random_init, save_model,
+                                         train_transform)
 from dcpipe.stages.common.precision import autocast, autocast_dtype
 from dcpipe.stages.common.safeload import load_npy
 from dcpipe.stages.common.modelspec import ModelSpec
@@ -59,6 +61,7 @@ from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
 from dcpipe.stages.train.batches import MergedBatches, open_streams
 from dcpipe.stages.train.multicrop import MultiCrop
 from dcpipe.stages.train.objectives import Classification, PrototypeMatching, channels_last
+from dcpipe.stages.train.running_stats import recompute, sample_images
 from dcpipe.stages.train.schedule import lr_at
 from dcpipe.stages.train.settings import TrainSettings
 from dcpipe.stages.train.top_fit import ClusterMoments, fit_samples
@@ -229,8 +232,8 @@ class RoundTraining:
             config = {**config, "streams": ckpt["config"]["streams"]}
             _check_same_config(ckpt["config"], config, self.ckpt_path)
         self.config = config
-        mine = [s for pos, s in enumerate(shards) if pos % ctx.world == ctx.rank]
-        self.sizes = ctx.sum(torch.from_numpy(cluster_sizes(mine, labels_dir, self.k))).numpy()
+        self.mine = [s for pos, s in enumerate(shards) if pos % ctx.world == ctx.rank]
+        self.sizes = ctx.sum(torch.from_numpy(cluster_sizes(self.mine, labels_dir, self.k))).numpy()
         self.sampler = BalancedSampler(
             shards, labels_dir, self.sizes, reassign=config["reassign"], seed=config["seed"],
             round_index=config["round"], balanced=config["method"] == "deepcluster",
@@ -247,6 +250,7 @@ class RoundTraining:
         self.tally = Tally(self.k, ctx.device)
         self.bank = self._bank_part(shards, fresh=ckpt is None)
         self.step, self.loss_curve, self.elapsed_before = 0, [], 0.0
+        self.bn_batches = 0  # batches the saved BatchNorm statistics average (bn_images)
         if ckpt is not None:
             self._resume(ckpt)
 
@@ -307,8 +311,10 @@ class RoundTraining:
             finally:
                 batches.close()
         bar.close()
+        loop_s = time.perf_counter() - loop_start
+        bn_s = self._recompute_running_stats() if self.config["bn_images"] else 0.0
         timing = {"startup_s": loop_start - self.t0 - top_fit_s, "top_fit_s": top_fit_s,
-                  "loop_s": time.perf_counter() - loop_start, "data_wait_s": waited,
+                  "loop_s": loop_s, "data_wait_s": waited, "bn_s": bn_s,
                   "samples": sum(plan.consumed(q, plan.steps) - plan.consumed(q, first)
                                  for q in range(self.ctx.world))}
         return self._finish(first, timing)
@@ -337,6 +343,20 @@ class RoundTraining:
                 b.copy_(kept[name])
             top.weight.copy_(weight)
             top.bias.copy_(bias)
+        return time.perf_counter() - started
+
+    def _recompute_running_stats(self) -> float:
+        """[train] bn_images: the saved model's BatchNorm statistics over a seeded sample of the
+        round's images, each rank's share from its own shards (running_stats.py); its seconds.
+        Run after the last checkpoint, which keeps training's statistics: a resumed round
+        recomputes them from the same weights and sample."""
+        started, c, ctx = time.perf_counter(), self.config, self.ctx
+        my_rows = sum(s.n_samples for s in self.mine)
+        share = my_rows / max(1, int(ctx.sum(torch.tensor(my_rows))))
+        rng = random.Random(seeds.int_seed(c["seed"], c["round"], Domain.BN_SAMPLE, ctx.rank))
+        images = [s.image for s in sample_images(self.mine, round(c["bn_images"] * share), rng)]
+        transform = eval_transform(self.model.config["input_size"])
+        self.bn_batches = recompute(self.model, images, transform, c["batch_size"], ctx, self.dtype)
         return time.perf_counter() - started
 
     def _batches(self, workers: int) -> MergedBatches:
@@ -486,7 +506,7 @@ class RoundTraining:
             "loss_every": config["loss_every"], "loss_curve": self.loss_curve,
             "lr_first_last": [self._lr(0), self._lr(plan.steps - 1)],
             "final_loss": self.loss_curve[-1][1] if self.loss_curve else None,
-            "resumed_from_step": first or None,
+            "resumed_from_step": first or None, "bn_batches": self.bn_batches,
             "timings": {**{k: round(v, 3) for k, v in timing.items() if k != "samples"},
                         "samples_this_run": timing["samples"],
                         "images_per_s": round(timing["samples"] / loop_s, 1) if loop_s else None,

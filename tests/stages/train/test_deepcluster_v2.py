@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from dcpipe.stages.common.labels import load_labels, write_labels
 from dcpipe.stages.common.models import build_model, load_model
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.train import TrainSettings
@@ -16,52 +15,22 @@ from dcpipe.stages.train.batches import MergedBatches, open_streams
 from dcpipe.stages.train.multicrop import MultiCrop
 from dcpipe.stages.train.objectives import PrototypeMatching
 from dcpipe.stages.train.schedule import lr_at
-from dcpipe.stages.train.stage import train
-from support.labelled_shards import label_of_pixels, make_collection
-from support.settings import pop_settings
-from support.train_kill import kill_at_first_checkpoint, launch
+from support.labelled_shards import label_of_pixels
+from support.train_kill import kill_at_first_checkpoint
 from support.torchrun import TWO_RANKS, output_or_fail
+from support.v2_round import DIM, K, OPTIONS, launch_v2, make_heads, run_v2
 
 torch.set_num_threads(1)
-K, DIM = 4, 16
-OPTIONS = {"sobel": False, "width": 4, "projection": DIM, "input_size": 32,
-           "method": "deepcluster-v2", "batch_size": 16, "small_crops": 2, "workers": 1,
-           "lr": 0.1, "lr_schedule": "cosine", "warmup_rounds": 0.5, "total_rounds": 3,
-           "weight_decay": 1e-6, "checkpoint_every": 3, "loss_every": 2, "seed": 1,
-           "round_index": 1, "progress": False}
 
 
 @pytest.fixture(scope="module")
 def heads(tmp_path_factory):
-    """A planted collection (4 clusters), two heads of labels and their unit centroids."""
-    root = tmp_path_factory.mktemp("v2")
-    rng = np.random.default_rng(0)
-    shards, labels_dir = make_collection(root, [rng.integers(0, K, n).astype(np.int32)
-                                                for n in (60, 50, 40)], K, image_size=16)
-    published = []
-    for shard in shards:
-        keys, labels = load_labels(labels_dir, shard.name)
-        published.append((shard.name, keys, (labels + 1) % K))  # head 1: another labelling
-    more = write_labels(root, published, {"k": K, "round": 1}, folder="labels.1")
-    centroids = []
-    for h in range(2):
-        c = rng.standard_normal((K, DIM)).astype(np.float32)
-        centroids.append(root / f"centroids.{h}.npy")
-        np.save(centroids[-1], c / np.linalg.norm(c, axis=1, keepdims=True))
-    return shards, labels_dir, [more], centroids
+    return make_heads(tmp_path_factory.mktemp("v2"))
 
 
 def _prototype(path) -> torch.Tensor:
     """A centroid file as the prototypes hold it: rows on the unit sphere."""
     return torch.nn.functional.normalize(torch.from_numpy(np.load(path)), dim=1)
-
-
-def run_v2(heads, out, **overrides):
-    shards, labels_dir, more, centroids = heads
-    options = {**OPTIONS, **overrides}
-    return train(shards, labels_dir, out, pop_settings(ModelSpec, options),
-                 pop_settings(TrainSettings, options), more_labels=more, centroids=centroids,
-                 **options)
 
 
 def test_prototypes_are_the_round_centroids_and_do_not_move(heads, tmp_path):
@@ -129,18 +98,11 @@ def test_cosine_schedule_warms_up_then_decays_and_is_a_function_of_round_and_ste
     assert lr_at(0.3, "constant", 1.0, 4, 2, 7, 10, 0.001) == 0.3
 
 
-def _launch(launcher, heads, out, options):
-    shards, labels_dir, more, centroids = heads
-    return launch(launcher, shards[0].path.parent, labels_dir, out,
-                  {**options, "more_labels": [str(p) for p in more],
-                   "centroids": [str(p) for p in centroids]})
-
-
 def test_sigkill_then_rerun_continues_the_cosine_schedule_exactly(heads, tmp_path):
     options = {**OPTIONS, "batch_size": 8, "checkpoint_every": 2}  # ~19 steps
     reference = run_v2(heads, tmp_path / "uninterrupted", batch_size=8, checkpoint_every=2)
     out = tmp_path / "killed"
-    killed_at = kill_at_first_checkpoint(_launch([sys.executable], heads, out, options), out)
+    killed_at = kill_at_first_checkpoint(launch_v2([sys.executable], heads, out, options), out)
     assert 0 < killed_at < reference["steps"]
     record = run_v2(heads, out, batch_size=8, checkpoint_every=2)
     assert record["resumed_from_step"] >= killed_at
@@ -153,7 +115,7 @@ def test_sigkill_then_rerun_continues_the_cosine_schedule_exactly(heads, tmp_pat
 
 
 def test_two_rank_torchrun_v2_round(heads, tmp_path):
-    proc = _launch(TWO_RANKS, heads, tmp_path, OPTIONS)
+    proc = launch_v2(TWO_RANKS, heads, tmp_path, OPTIONS)
     _, stderr = output_or_fail(proc, 180, "the 2-rank v2 round")
     assert proc.returncode == 0, stderr[-3000:]
     record = json.loads((tmp_path / "train.json").read_text())
