@@ -15,7 +15,8 @@ RANGES = {"batch_size": Range(1, 65536), "lr": above(0, 100), "momentum": Range(
           "workers": Range(0, 256), "checkpoint_every": Range(1, 10**9),
           "loss_every": Range(1, 10**9), "warmup_rounds": Range(0, 10_000),
           "lr_floor": Range(0, 1), "total_rounds": Range(0, 100_000), "temperature": above(0, 100),
-          "small_crops": Range(0, 64), "bn_images": Range(0, 10**9)}
+          "small_crops": Range(0, 64), "bn_images": Range(0, 10**9),
+          "interleave": Range(1, 100_000), "window": Range(1, 10**7)}
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class TrainSettings:
     crop_min: float = 0.08  # RandomResizedCrop's smallest crop, as a share of the image area
     flip: bool = True  # random horizontal flips (off for images that flipping changes)
     workers: int = 2  # decoding processes
+    interleave: int = 16  # shards a loader stream reads at once, row by row (balanced_sampler.py):
+    #                       on class-sorted shards the last group of a pass mixes fewer classes
+    window: int = 4096  # shuffle buffer of a stream, in rows (its images are held in memory)
     checkpoint_every: int = 200  # steps
     loss_every: int = 10  # steps between points of the recorded loss curve
     lr_schedule: str = "constant"  # or cosine: linear warm-up, then cosine decay over the run

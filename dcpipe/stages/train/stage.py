@@ -78,14 +78,12 @@ class TrainingDiverged(DcpipeError):
 def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = ModelSpec(),
           settings: TrainSettings = TrainSettings(), *, model_path=None, body_optim_path=None,
           more_labels=(), centroids=(), bank: BankSpec | None = None, seed: int = 0,
-          round_index: int = 0, interleave: int = 16, window: int = 4096,
-          progress: bool = True) -> dict:
+          round_index: int = 0, progress: bool = True) -> dict:
     """Train one round; returns the train.json record (at once if the round is already trained).
 
     `model_path` None = round 0: the random init of `model` for the workspace `seed`, the network
     the extract stage made round 0's features with. `seed` and `round_index` seed every random
     choice of the round (common.seeds). Under torchrun, rank and world come from the environment.
-    `interleave` and `window` shape the sampler's shuffle (balanced_sampler.py).
     DeepCluster-v2 (settings.method) also takes the round's further heads' label indexes
     (`more_labels`) and every head's centroids (`centroids`, head 0 first): the prototypes.
     With settings.features "bank" it also leaves the next round's feature store, `bank.zarr`,
@@ -104,7 +102,7 @@ def train(shards: list[ShardInfo], labels_dir, out_dir, model: ModelSpec = Model
         "bank_dtype": None if bank is None else bank.dtype,
         "labels_sha256": [index_digest(d) for d in (labels_dir, *more_labels)],
         **model.as_dict(), **asdict(settings), "seed": seed, "round": round_index,
-        "interleave": interleave, "window": window, "chunk": CHUNK,
+        "chunk": CHUNK,
         "streams": max(1, settings.workers),
     }
     del config["workers"], config["checkpoint_every"]  # how to run, not what is computed
