@@ -28,9 +28,9 @@ READ_FACTOR = 4  # rows read per row kept: a uniform sample without reading the 
 
 
 def sample_images(shards: list[ShardInfo], n: int, rng: random.Random) -> list[Sample]:
-    """Up to n samples with an image, uniform (reservoir sampling) over the rows of the shards read: whole
-    shards, in a random order, until READ_FACTOR * n images are seen. Each read shard is read to
-    its end, so ours are verified against their manifest digest as training's reads are."""
+    """Up to n samples with an image, uniform (reservoir sampling) over the rows of the shards
+    read: whole shards, in a random order, until READ_FACTOR * n images are seen. Each read shard
+    is read to its end, so ours are verified against their manifest digest as training's are."""
     order = list(shards)
     rng.shuffle(order)
     kept, seen = [], 0
@@ -64,7 +64,8 @@ def recompute(model, images: list[bytes], transform, batch_size: int, ctx: Proce
     if len(images) % batch_size == 1:
         images = images[:-1]
     norms = batchnorms(model)
-    total = int(ctx.sum(torch.tensor(-(-len(images) // batch_size))))
+    mine = -(-len(images) // batch_size)
+    total = int(ctx.sum(torch.tensor(mine)))
     if total == 0 or not norms:
         return 0
     momenta = [m.momentum for m in norms]
@@ -79,7 +80,6 @@ def recompute(model, images: list[bytes], transform, batch_size: int, ctx: Proce
             part = images[start:start + batch_size]
             model.embed(channels_last(torch.stack([transform(open_rgb(b)) for b in part]).to(device)))
     model.eval()
-    mine = -(-len(images) // batch_size)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
         for buffer in (m.running_mean, m.running_var):
