@@ -1,12 +1,21 @@
-"""Image folders (`root/<class>/<file>`) as rows, with a row order that survives growth.
+"""Image folders (`root/<class>/<file>`) as rows, with a row order that survives growth and
+mixes the classes.
 
 A sorted listing would renumber rows when a file appears in the middle of it, which would
-change the keys of shards already written. So the first run records the sorted listing in a
-*listing file* (one JSON-quoted relative path per line, in row order), and later runs append
-only the files it does not hold yet, in sorted order: row i is line i of the listing, forever.
-Membership is checked against 16-byte hashes of the listed paths (a sorted numpy array, 16
-bytes a file: 20 MB for ImageNet), not a set of path strings. Appends are fsynced; a line torn
-by a kill is cut off before the next append, so a killed sync simply continues.
+change the keys of shards already written. So the first run records the listing in a *listing
+file* (one JSON-quoted relative path per line, in row order), and later runs append only the
+files it does not hold yet: row i is line i of the listing, forever.
+
+The files a run appends go in the order of a 16-byte hash of their paths, not sorted by name:
+sorted, an ImageNet-style folder makes one-class shards, and training, which reads a few shards
+at a time, would see batches of a few classes and a pass whose last part is one or two of them
+(docs/benchmarks.md). Hash order is a fixed shuffle: the same folder lists the same way on every
+machine. The new files are spilled to a scratch file while the walk runs (RAM holds 24 bytes a
+file: hash and offset), then appended in hash order. Membership is checked against the hashes of
+the listed paths (a sorted numpy array, 16 bytes a file: 20 MB for ImageNet), not a set of path
+strings. Appends are fsynced; a line torn by a kill is cut off before the next append. A sync
+killed while appending continues where it stopped with the same order: the rest of a hash-sorted
+set is still sorted.
 
 Hidden files and folders (name starting with '.') are skipped; symlinked folders are not
 followed (no loops). The class is the first path component; files directly under the root have
@@ -21,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+from array import array
 from pathlib import Path
 from typing import Iterator
 
@@ -86,25 +96,42 @@ def _cut_torn_tail(listing: Path) -> None:
 
 
 def sync_listing(root, listing) -> int:
-    """Append the files of `root` the listing does not hold yet; return how many were added."""
+    """Append the files of `root` the listing does not hold yet, in hash order (module
+    docstring); return how many were added."""
     listing = Path(listing)
     listing.parent.mkdir(parents=True, exist_ok=True)
     listing.touch()
     _cut_torn_tail(listing)
     seen = np.sort(np.fromiter((_digest(r) for r in read_listing(listing)), dtype="S16"))
-    added = 0
-    with open(listing, "a", encoding="utf-8", errors="surrogateescape") as f:
+    spill = listing.with_name(listing.name + ".new")
+    digests, offsets = _spill_new_files(root, seen, spill)
+    with open(spill, "rb") as lines, open(listing, "ab") as out:
+        for i in np.argsort(digests, kind="stable"):
+            lines.seek(offsets[i])
+            out.write(lines.readline())
+        out.flush()
+        os.fsync(out.fileno())
+    spill.unlink()
+    return len(offsets)
+
+
+def _spill_new_files(root, seen: np.ndarray, spill: Path) -> tuple[np.ndarray, array]:
+    """Write the files of `root` that `seen` lacks to `spill`, one JSON line each, in walk
+    order; return their hashes and the lines' offsets."""
+    digests, offsets = bytearray(), array("Q")
+    with open(spill, "wb") as f:
         for rel in walk_sorted(root):
-            d = np.array(_digest(rel), dtype="S16")
+            raw = _digest(rel)
+            d = np.array(raw, dtype="S16")  # compared as numpy compares `seen`'s items
             i = np.searchsorted(seen, d)
             if i == len(seen) or seen[i] != d:
-                f.write(json.dumps(rel) + "\n")
-                added += 1
-        f.flush()
-        os.fsync(f.fileno())
-    return added
+                digests += raw
+                offsets.append(f.tell())
+                f.write(json.dumps(rel).encode("ascii") + b"\n")  # json escapes all non-ASCII
+    return np.frombuffer(bytes(digests), dtype="S16"), offsets
 
 
 def folder_files(root, listing=None) -> Iterator[str]:
-    """Relative paths of a folder in row order: its listing file when given, else sorted."""
+    """Relative paths of a folder in row order: its listing file when given, else sorted
+    (reading a folder without sharding it, where order does not matter)."""
     return read_listing(listing) if listing is not None else walk_sorted(root)

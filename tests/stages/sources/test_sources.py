@@ -103,6 +103,17 @@ def test_yfcc_file_read_as_tsv_gets_a_hint(tmp_path):
     assert _rows(src, format="yfcc100m")[0].source == "http://farm8/b.jpg"
 
 
+def _listed(listing):
+    return [json.loads(line) for line in listing.read_text().splitlines()]
+
+
+def _class_folder(root, classes=4, per_class=50):
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            (root / f"class{c}" / f"{i:04d}.jpg").write_bytes(b"x")
+
+
 def test_folder_rows_keep_their_numbers_when_files_appear(tmp_path):
     root = tmp_path / "imgs"
     for rel in ("dog/b.jpg", "cat/a.jpg", "cat/c.jpg", ".hidden/x.jpg", "cat/.DS_Store"):
@@ -111,14 +122,46 @@ def test_folder_rows_keep_their_numbers_when_files_appear(tmp_path):
     assert [(r.row, r.label) for r in _rows(root)] == [(0, "cat"), (1, "cat"), (2, "dog")]
     listing = tmp_path / "listing"
     assert sync_listing(root, listing) == 3
+    first = _listed(listing)
+    assert sorted(first) == ["cat/a.jpg", "cat/c.jpg", "dog/b.jpg"]
     (root / "cat" / "b.jpg").write_bytes(b"x")  # sorts between existing files
     with open(listing, "a") as f:
         f.write('"cat/tor')  # a line torn by a kill is cut, not read
     assert sync_listing(root, listing) == 1 and sync_listing(root, listing) == 0
     rows = _rows(root, listing=listing)
-    assert [r.source.removeprefix(str(root) + "/") for r in rows] == [
-        "cat/a.jpg", "cat/c.jpg", "dog/b.jpg", "cat/b.jpg"]
-    assert [json.loads(line) for line in listing.read_text().splitlines()][-1] == "cat/b.jpg"
+    assert [r.source.removeprefix(str(root) + "/") for r in rows] == first + ["cat/b.jpg"]
+    assert [r.row for r in rows] == [0, 1, 2, 3]
+    assert not listing.with_name("listing.new").exists()  # the scratch file is removed
+
+
+def test_folder_listing_mixes_the_classes_in_a_fixed_order(tmp_path):
+    """Sorted, every block of 20 rows would be one class: one-class shards."""
+    root = tmp_path / "imgs"
+    _class_folder(root)
+    sync_listing(root, tmp_path / "a")
+    listed = _listed(tmp_path / "a")
+    assert sorted(listed) == [r.name for r in _rows(root)]
+    blocks = [{rel.split("/")[0] for rel in listed[i:i + 20]} for i in range(0, 200, 20)]
+    assert min(len(classes) for classes in blocks) >= 3
+    copy = tmp_path / "copy"  # the same paths created in another order list the same way
+    for rel in reversed(listed):
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        (copy / rel).write_bytes(b"y")
+    sync_listing(copy, tmp_path / "b")
+    assert _listed(tmp_path / "b") == listed
+
+
+def test_folder_listing_killed_while_appending_continues_in_the_same_order(tmp_path):
+    root = tmp_path / "imgs"
+    _class_folder(root)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    sync_listing(root, whole)
+    lines = whole.read_bytes().splitlines(keepends=True)
+    killed.write_bytes(b"".join(lines[:70]) + lines[70][:5])  # 70 lines and a torn one
+    killed.with_name("killed.new").write_bytes(b"left by the kill")
+    assert sync_listing(root, killed) == 130
+    assert killed.read_bytes() == whole.read_bytes()
+    assert not killed.with_name("killed.new").exists()
 
 
 @pytest.mark.parametrize("name,content,kw,message", [
