@@ -10,8 +10,8 @@ The files a run appends go in the order of a 16-byte hash of their paths, not so
 sorted, an ImageNet-style folder makes one-class shards, and training, which reads a few shards
 at a time, would see batches of a few classes and a pass whose last part is one or two of them
 (docs/benchmarks.md). Hash order is a fixed shuffle: the same folder lists the same way on every
-machine. The new files are spilled to a scratch file while the walk runs (RAM holds 24 bytes a
-file: hash and offset), then appended in hash order. Membership is checked against the hashes of
+machine. The new files are spilled to a scratch file while the walk runs (RAM holds under 50
+bytes a file: hash, offset, the sort's index), then appended in hash order. Membership is checked against the hashes of
 the listed paths (a sorted numpy array, 16 bytes a file: 20 MB for ImageNet), not a set of path
 strings. Appends are fsynced; a line torn by a kill is cut off before the next append. A sync
 killed while appending continues where it stopped with the same order: the rest of a hash-sorted
@@ -104,14 +104,16 @@ def sync_listing(root, listing) -> int:
     _cut_torn_tail(listing)
     seen = np.sort(np.fromiter((_digest(r) for r in read_listing(listing)), dtype="S16"))
     spill = listing.with_name(listing.name + ".new")
-    digests, offsets = _spill_new_files(root, seen, spill)
-    with open(spill, "rb") as lines, open(listing, "ab") as out:
-        for i in np.argsort(digests, kind="stable"):
-            lines.seek(offsets[i])
-            out.write(lines.readline())
-        out.flush()
-        os.fsync(out.fileno())
-    spill.unlink()
+    try:
+        digests, offsets = _spill_new_files(root, seen, spill)
+        with open(spill, "rb") as lines, open(listing, "ab") as out:
+            for i in np.argsort(digests, kind="stable"):
+                lines.seek(offsets[i])
+                out.write(lines.readline())
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        spill.unlink(missing_ok=True)
     return len(offsets)
 
 

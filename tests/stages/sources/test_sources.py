@@ -164,6 +164,13 @@ def test_folder_listing_killed_while_appending_continues_in_the_same_order(tmp_p
     assert not killed.with_name("killed.new").exists()
 
 
+def test_folder_listing_of_a_root_it_cannot_read_leaves_no_scratch_file(tmp_path):
+    listing = tmp_path / "listing"
+    with pytest.raises(OSError):
+        sync_listing(tmp_path / "gone", listing)
+    assert listing.read_bytes() == b"" and not listing.with_name("listing.new").exists()
+
+
 @pytest.mark.parametrize("name,content,kw,message", [
     ("missing.csv", None, {}, "does not exist"),
     ("list.xyz", "a\n", {}, "cannot tell the format"),
