@@ -60,13 +60,15 @@ def collection(shards_dir) -> dict:
     return out
 
 
-def rejects(shards_dir) -> dict:
-    """row -> reason over every shard's rejects file."""
+def rejects(shards_dir, folder=None) -> dict:
+    """row -> reason over every shard's rejects file; with `folder` (a folder source), the
+    path inside it -> reason, since a folder's row order is a hash's."""
     out = {}
     for path in sorted(Path(shards_dir).glob("*.rejects.jsonl")):
         for line in path.read_text().splitlines():
             record = json.loads(line)
-            out[record["row"]] = record["reason"]
+            where = record["source"].removeprefix(f"{folder}/") if folder else record["row"]
+            out[where] = record["reason"]
     return out
 
 

@@ -128,13 +128,6 @@ def _unprivileged():
         os.seteuid(0)
 
 
-def _rejected_files(shards_dir, root) -> dict:
-    """A folder's rejects: path inside the folder -> reason."""
-    return {r["source"].removeprefix(f"{root}/"): r["reason"]
-            for path in Path(shards_dir).glob("*.rejects.jsonl")
-            for r in map(json.loads, path.read_text().splitlines())}
-
-
 def test_folder_walk_records_what_it_cannot_enter_and_goes_on():
     work = Path(tempfile.mkdtemp(prefix="dcpipe-walk-"))  # not under root's private tmp
     try:
@@ -149,9 +142,9 @@ def test_folder_walk_records_what_it_cannot_enter_and_goes_on():
         out = work / "shards"
         with _unprivileged():
             stats = shard(root, out, shard_size=10, **QUICK)
-        assert _rejected_files(out, root) == {"cat/loop.jpg": "read_error",
-                                              "dog/gone.jpg": "not_found",
-                                              "locked/": "unreadable_folder"}
+        assert rejects(out, folder=root) == {"cat/loop.jpg": "read_error",
+                                             "dog/gone.jpg": "not_found",
+                                             "locked/": "unreadable_folder"}
         assert stats["written"] == 2 and _accounted(stats, out)
         os.chmod(root / "locked", 0o755)  # readable now: its file becomes a new row
         assert shard(root, out, shard_size=10, **QUICK)["written"] == 1
