@@ -13,9 +13,9 @@ at a time, would see batches of a few classes and a pass whose last part is one 
 machine. The new files are spilled to a scratch file while the walk runs (RAM holds under 50
 bytes a file: hash, offset, the sort's index), then appended in hash order. Membership is
 checked against the hashes of the listed paths (a sorted numpy array, 16 bytes a file: 20 MB
-for ImageNet), not a set of path strings. Appends are fsynced; a line torn by a kill is cut off before the next append. A sync
-killed while appending continues where it stopped with the same order: the rest of a hash-sorted
-set is still sorted.
+for ImageNet), not a set of path strings. Appends are fsynced; a line torn by a kill is cut off
+before the next append. A sync killed while appending continues where it stopped with the same
+order: the rest of a hash-sorted set is still sorted.
 
 Hidden files and folders (name starting with '.') are skipped; symlinked folders are not
 followed (no loops). The class is the first path component; files directly under the root have
