@@ -156,7 +156,8 @@ def measure(roots: dict, model_path, spec: ModelSpec, seed: int, runs: int) -> d
     best = max(linear, key=linear.get)
     km = result["kmeans"]
     return {"kmeans_acc": km["acc"], "kmeans_acc_std": km["acc_std"], "kmeans_nmi": km["nmi"],
-            "kmeans_nmi_std": km["nmi_std"], "knn_top1": result["knn"]["top1"],
+            "kmeans_nmi_std": km["nmi_std"], "kmeans_per_run": km["per_run"],
+            "knn_top1": result["knn"]["top1"],
             "best_linear": linear[best], "best_linear_layer": best, "linear": linear}
 
 
