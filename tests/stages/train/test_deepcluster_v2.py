@@ -73,6 +73,22 @@ def _normalised(packed: torch.Tensor) -> torch.Tensor:
     return torch.cat([normalise(c.float() / 255).flatten(1) for c in crops], dim=1)
 
 
+def test_the_full_size_crops_take_their_smallest_area_from_crop_min():
+    from PIL import Image
+
+    ramp = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))).convert("RGB")
+    whole = np.asarray(ramp.resize((16, 16), Image.BILINEAR))
+    whole_crops = MultiCrop(16, 1, big_min=1.0)
+    torch.manual_seed(0)
+    for _ in range(8):  # big_min 1: each full-size crop is the whole image, at most mirrored
+        for crop in whole_crops.unpack(whole_crops(ramp)[None])[:2]:
+            pixels = crop[0].permute(1, 2, 0).numpy().astype(int)
+            assert min(np.abs(pixels - whole).max(), np.abs(pixels - whole[:, ::-1]).max()) <= 2
+    spans = [np.ptp(MultiCrop(16, 0)(ramp).reshape(2, 3, 16, 16)[:, 0].numpy(), axis=-1).max()
+             for _ in range(16)]
+    assert min(spans) < np.ptp(whole[..., 0])  # SwAV's 0.14: some crops see part of the ramp
+
+
 def test_the_loss_pairs_every_crop_with_its_images_targets():
     torch.manual_seed(0)
     net = build_model(ModelSpec(sobel=False, width=4, projection=DIM), seed=0).eval()
