@@ -1,9 +1,10 @@
 """DeepCluster-v2's augmentation: several crops of each image, each with colour distortion.
 
-Two crops at the input size (area share `big_min`-1, SwAV's 0.14 by default) and `small` crops
-at half of it (0.05-0.14), as SwAV's 224 / 96 px at 32 / 16 px; each flipped at random,
-colour-jittered (brightness, contrast, saturation 0.8, hue 0.2, with p = 0.8), greyed with
-p = 0.2 and blurred with p = 0.5 (sigma 0.1-2 px at 224 px, scaled to the crop). RGB, no Sobel.
+Two crops at the input size (area share `big_min`-1: `[train] crop_min`, v2's is SwAV's 0.14)
+and `small` crops at half of it (0.05-0.14), as SwAV's 224 / 96 px at 32 / 16 px; each flipped at
+random, colour-jittered (brightness, contrast, saturation 0.8, hue 0.2, with p = 0.8), greyed
+with p = 0.2 and blurred with p = 0.5 (sigma 0.1-2 px at 224 px, scaled to the crop). RGB, no
+Sobel.
 
 The work is split where it is cheapest. Loader workers only decode, crop and flip, and pack a
 sample's crops as uint8 in one flat tensor (so v1's loader and batching carry them unchanged).
@@ -31,7 +32,7 @@ class MultiCrop:
     """PIL image -> one flat uint8 tensor holding 2 big and `small` small crops (in workers);
     `distort` turns a batch of them into normalised, colour-distorted float crops."""
 
-    def __init__(self, size: int, small: int, big_min: float = 0.14):
+    def __init__(self, size: int, small: int, big_min: float):
         small_size = max(8, size // 2)
         self.shapes = [(3, size, size)] * 2 + [(3, small_size, small_size)] * small
         self.big = _crop(size, (big_min, 1.0))
