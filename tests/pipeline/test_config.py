@@ -59,6 +59,14 @@ def test_file_overrides_defaults_and_flags_override_file(tmp_path):
     assert (c.cluster.k, c.cluster.pca_dim) == (9, pca_dim)
 
 
+def test_heads_may_each_have_their_own_k(tmp_path):
+    path = tmp_path / "dcpipe.toml"
+    path.write_text("[cluster]\nk_per_head = [30, 100, 300]\n")
+    settings = config.load(path).cluster
+    assert [settings.head_k(h) for h in range(settings.heads)] == [30, 100, 300]
+    assert settings.largest_k == 300 and config.default_config().cluster.head_k(2) == 300
+
+
 def test_int_accepted_where_float_expected(tmp_path):
     path = tmp_path / "dcpipe.toml"
     path.write_text("[train]\nlr = 1\n")
@@ -73,6 +81,12 @@ def test_int_accepted_where_float_expected(tmp_path):
     ("[cluster\n", "not valid TOML"),
     ("[cluster]\nk = 0\n", "dcpipe.toml: k must be in [1, 1000000], got 0"),
     ("[model]\narch = 'resnet'\n", "unknown architecture 'resnet'"),
+    ("[cluster]\nk_per_head = 30\n", "k_per_head must be list"),
+    ("[cluster]\nk_per_head = [30, 100]\n", "k_per_head lists 2 sizes but heads = 3"),
+    ("[cluster]\nheads = 2\nk_per_head = [30, 0]\n", "k_per_head must list whole numbers in [1, "),
+    ("[cluster]\nheads = 2\nk_per_head = [30, 1.5]\n", "k_per_head must list whole numbers"),
+    ("[cluster]\nk_per_head = [30, 100, 300]\nsample_size = 200\n",
+     "sample_size=200 is smaller than k=300"),
 ])
 def test_bad_config_names_the_problem(tmp_path, text, message):
     path = tmp_path / "dcpipe.toml"

@@ -18,19 +18,20 @@ OPTIONS = {"sobel": False, "width": 4, "projection": DIM, "input_size": 32,
            "round_index": 1, "progress": False}
 
 
-def make_heads(root):
-    """(shards, labels_dir, [head 1's labels_dir], [centroid files]) of 150 rows in 3 shards."""
+def make_heads(root, head1_k: int = K):
+    """(shards, labels_dir, [head 1's labels_dir], [centroid files]) of 150 rows in 3 shards;
+    head 1 has `head1_k` clusters."""
     rng = np.random.default_rng(0)
     shards, labels_dir = make_collection(root, [rng.integers(0, K, n).astype(np.int32)
                                                 for n in (60, 50, 40)], K, image_size=16)
     published = []
     for shard in shards:
         keys, labels = load_labels(labels_dir, shard.name)
-        published.append((shard.name, keys, (labels + 1) % K))  # head 1: another labelling
-    more = write_labels(root, published, {"k": K, "round": 1}, folder="labels.1")
+        published.append((shard.name, keys, (labels + 1) % head1_k))  # another labelling
+    more = write_labels(root, published, {"k": head1_k, "round": 1}, folder="labels.1")
     centroids = []
-    for h in range(2):
-        c = rng.standard_normal((K, DIM)).astype(np.float32)
+    for h, k in enumerate((K, head1_k)):
+        c = rng.standard_normal((k, DIM)).astype(np.float32)
         centroids.append(root / f"centroids.{h}.npy")
         np.save(centroids[-1], c / np.linalg.norm(c, axis=1, keepdims=True))
     return shards, labels_dir, [more], centroids

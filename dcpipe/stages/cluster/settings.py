@@ -1,5 +1,5 @@
 """The cluster stage's settings: the only place their defaults live."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dcpipe.errors import SettingsError
 from dcpipe.stages.common.ranges import Range, check_ranges
@@ -15,6 +15,7 @@ RANGES = {"k": Range(1, 1_000_000), "heads": Range(1, 64), "pca_dim": Range(0, 4
 class ClusterSettings:
     k: int = 100  # clusters (of each head)
     heads: int = 1  # clusterings of the round, each with its own seed (DeepCluster-v2: 3)
+    k_per_head: list = field(default_factory=list)  # one k per head in place of k ([]: k for all)
     pca_dim: int = 256  # PCA-whitening to this many dims; 0: none, rows L2-normalised, spherical
     method: str = "kmeans"  # kmeans or pic
     niter: int = 20
@@ -28,6 +29,26 @@ class ClusterSettings:
         if self.use_gpu not in USE_GPU:
             raise SettingsError(f"use_gpu must be one of {list(USE_GPU)}, got {self.use_gpu!r}")
         check_ranges(self, RANGES)
-        if self.method == "kmeans" and self.sample_size < self.k:
-            raise SettingsError(f"sample_size={self.sample_size} is smaller than k={self.k}: "
-                                "k-means needs at least k points")
+        self._check_k_per_head()
+        if self.method == "kmeans" and self.sample_size < self.largest_k:
+            raise SettingsError(f"sample_size={self.sample_size} is smaller than "
+                                f"k={self.largest_k}: k-means needs at least k points")
+
+    def _check_k_per_head(self) -> None:
+        if not self.k_per_head:
+            return
+        if len(self.k_per_head) != self.heads:
+            raise SettingsError(f"k_per_head lists {len(self.k_per_head)} sizes but heads = "
+                                f"{self.heads}: give one k per head (or set heads to match)")
+        low, high = RANGES["k"].low, RANGES["k"].high
+        if any(type(k) is not int or not low <= k <= high for k in self.k_per_head):
+            raise SettingsError(f"k_per_head must list whole numbers in [{low}, {high}], "
+                                f"got {self.k_per_head}")
+
+    def head_k(self, head: int) -> int:
+        """Clusters of head `head`."""
+        return self.k_per_head[head] if self.k_per_head else self.k
+
+    @property
+    def largest_k(self) -> int:
+        return max(self.head_k(h) for h in range(self.heads))

@@ -48,9 +48,10 @@ PCA_ROWS_PER_DIM = 1000
 
 
 def _check(settings: ClusterSettings, n_valid: int) -> None:
-    if settings.method == "kmeans" and settings.k > n_valid:
-        raise SettingsError(f"k={settings.k} clusters but the feature store has only N={n_valid} "
-                            f"valid samples: choose k <= {n_valid}")
+    k = settings.largest_k
+    if settings.method == "kmeans" and k > n_valid:
+        raise SettingsError(f"k={k} clusters but the feature store has only N={n_valid} valid "
+                            f"samples: choose k <= {n_valid}")
 
 
 class Timer(dict):
@@ -104,7 +105,7 @@ def cluster(store_path, out_dir, settings: ClusterSettings = ClusterSettings(), 
                if settings.pca_dim else WhiteningPCA.normalise_only(store.dim))
     with timer("sample"):
         held = storepasses.project_sample(share, sample, pca)
-    advice = kmeans.small_sample_warning(sample.size, settings.k)
+    advice = kmeans.small_sample_warning(sample.size, settings.largest_k)
     if share.progress and settings.method == "kmeans" and advice:
         log.warning(advice)
     run = HeadRun(share, valid, sample, pca, held, settings)
@@ -115,7 +116,7 @@ def cluster(store_path, out_dir, settings: ClusterSettings = ClusterSettings(), 
     if writes:
         record = _write(out_dir, store, records, pca, PreviousRound(prev_labels_dir), timer,
                         {"round": round_index, "method": settings.method, "seed": seed})
-        record.update(k_requested=settings.k, niter=settings.niter,
+        record.update(k_requested=settings.head_k(0), niter=settings.niter,
                       pca_dim=pca.out_dim if settings.pca_dim else 0, feature_dim=store.dim,
                       eigen_power=-0.5 if settings.pca_dim else 0.0, n_rows=store.n_rows,
                       n_samples=n_valid, n_failed=int(store.shard_count.sum()) - n_valid,
@@ -173,11 +174,11 @@ class HeadRun:
         return storepasses.assign_rows(self.share, self.valid, self.sample, self.held, self.pca,
                                        assign, labels)
 
-    def _fit(self, kmeans_seed: int, split_seed: int):
+    def _fit(self, k: int, kmeans_seed: int, split_seed: int):
         s, group = self.settings, self.share.group
         if s.method == "pic":
             return PicFit.on_sample(group, self.held.x, self.sample.size, self.ngpu)
-        return KMeansFit.on_sample(group, self.held.x, k=s.k, niter=s.niter, seed=kmeans_seed,
+        return KMeansFit.on_sample(group, self.held.x, k=k, niter=s.niter, seed=kmeans_seed,
                                    split_seed=split_seed, ngpu=self.ngpu, spherical=self.spherical)
 
     def head(self, h: int, kmeans_seed: int, split_seed: int, timer) -> tuple:
@@ -186,7 +187,7 @@ class HeadRun:
         s, sample = self.settings, self.sample
         suffix = f"_head{h}" if h else ""
         with timer("train" + suffix):
-            model = self._fit(kmeans_seed, split_seed)
+            model = self._fit(s.head_k(h), kmeans_seed, split_seed)
         labels = np.full(self.share.store.n_rows, -1, dtype=np.int32)
         with timer("refine" + suffix):  # a sample of every row is already fitted on everything
             passes = s.refine_passes if s.method == "kmeans" and not sample.everything else 0

@@ -279,3 +279,16 @@ def test_spherical_heads_each_label_every_row_with_unit_centroids(blob_store, tm
     assert metrics.nmi(heads[1][valid], blob[valid]) > 0.9
     assert record["pca_dim"] == 0 and len(record["heads"]) == 2
     assert record["heads"][0]["k"] == 8
+
+
+def test_each_head_clusters_into_its_own_k(blob_store, tmp_path):
+    path, _, _, valid = blob_store
+    record = run_cluster(path, tmp_path, k=99, heads=3, k_per_head=[4, 8, 16], pca_dim=0,
+                         seed=5, **QUIET)
+    for h, (k, folder) in enumerate(zip((4, 8, 16), ("labels", "labels.1", "labels.2"))):
+        labels = all_labels(tmp_path / folder, names_of(path))
+        assert read_index(tmp_path / folder)["k"] == k
+        assert set(labels[valid]) == set(range(k))  # every cluster used, none beyond k
+        assert np.load(tmp_path / (f"centroids.{h}.npy" if h else "centroids.npy")).shape[0] == k
+    assert record["k"] == record["k_requested"] == 4
+    assert [head["k"] for head in record["heads"]] == [8, 16]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dcpipe.stages.common.labels import LabelsError
 from dcpipe.stages.common.models import build_model, load_model
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.train import TrainSettings
@@ -48,6 +49,21 @@ def test_prototypes_are_the_round_centroids_and_do_not_move(heads, tmp_path):
     assert first == pytest.approx(expected)
     assert last < first  # past the warm-up, the cosine decays through round 1 of 3
     assert record["config"]["method"] == "deepcluster-v2" and record["samples"] == 150
+
+
+def test_heads_of_different_sizes_each_train_on_their_own_prototypes(tmp_path):
+    mixed = make_heads(tmp_path / "mixed", head1_k=7)
+    run_v2(mixed, tmp_path / "out")
+    model, meta = load_model(tmp_path / "out" / "model.pt")
+    assert meta["top_k"] == [K, 7]
+    assert [tuple(h.shape) for h in model.top.heads] == [(K, DIM), (7, DIM)]
+
+
+def test_a_head_whose_centroids_are_not_its_labels_is_refused(tmp_path):
+    shards, labels_dir, more, centroids = make_heads(tmp_path / "mixed", head1_k=7)
+    swapped = (shards, labels_dir, more, centroids[::-1])  # head 0's 7-row file is head 1's
+    with pytest.raises(LabelsError, match="labels 4 clusters but .* holds 7 centroids"):
+        run_v2(swapped, tmp_path / "out")
 
 
 def test_every_crop_of_an_image_carries_its_target(heads):
