@@ -261,8 +261,8 @@ class RoundTraining:
             model, meta = load_model(c["model_path"])
             _check_model_matches(meta, c)
         if c["method"] == "deepcluster-v2":
-            centroids = _centroids(c["centroids"], model.feature_dim)
-            _check_head_sizes([c["labels_dir"], *c["more_labels"]], c["centroids"], centroids)
+            centroids = _centroids(c["centroids"], [c["labels_dir"], *c["more_labels"]],
+                                   model.feature_dim)
             model.set_prototypes(centroids, c["temperature"])
         else:
             top_seed = seeds.int_seed(c["seed"], c["round"], Domain.TOP_INIT)
@@ -540,26 +540,22 @@ def _check_method(config: dict, model: ModelSpec) -> None:
                             "set [model] projection = 0, or [train] method = \"deepcluster-v2\"")
 
 
-def _centroids(paths: list[str], dim: int) -> list[torch.Tensor]:
-    """Every head's centroids, checked to live in the projection's space (no PCA before)."""
+def _centroids(paths: list[str], labels_dirs: list, dim: int) -> list[torch.Tensor]:
+    """Every head's centroids, checked to live in the projection's space (no PCA before) and to
+    be the clusters its labels name: one file per label index, with that index's k rows (heads
+    may differ in k: `[cluster] k_per_head`)."""
+    if len(labels_dirs) != len(paths):
+        raise SettingsError(f"{len(labels_dirs)} heads of labels but {len(paths)} centroid files")
     found = [torch.from_numpy(load_npy(p)).float() for p in paths]
-    for path, c in zip(paths, found):
+    for path, labels_dir, c in zip(paths, labels_dirs, found):
         if c.dim() != 2 or c.shape[1] != dim:
             raise SettingsError(f"{path} holds {tuple(c.shape)} centroids, the projection has "
                                 f"{dim} dims: cluster deepcluster-v2 rounds with [cluster] pca_dim = 0")
-    return found
-
-
-def _check_head_sizes(labels_dirs: list, paths: list[str], centroids: list) -> None:
-    """Each head's labels name clusters of its own centroids: as many label indexes as centroid
-    files, and the same k in each pair (heads may differ in k: `[cluster] k_per_head`)."""
-    if len(labels_dirs) != len(paths):
-        raise SettingsError(f"{len(labels_dirs)} heads of labels but {len(paths)} centroid files")
-    for labels_dir, path, c in zip(labels_dirs, paths, centroids):
         k = int(read_index(labels_dir)["k"])
         if k != len(c):
             raise LabelsError(f"{labels_dir} labels {k} clusters but {path} holds {len(c)} "
                               "centroids: they are not one head's; cluster the round again")
+    return found
 
 
 def _check_same_config(saved: dict, config: dict, path: Path) -> None:
