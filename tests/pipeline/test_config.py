@@ -81,6 +81,7 @@ def test_int_accepted_where_float_expected(tmp_path):
     ("[cluster\n", "not valid TOML"),
     ("[cluster]\nk = 0\n", "dcpipe.toml: k must be in [1, 1000000], got 0"),
     ("[model]\narch = 'resnet'\n", "unknown architecture 'resnet'"),
+    ("[train]\ncolour_strength = 2\n", "colour_strength must be in [0, 1.25], got 2"),
     ("[cluster]\nk_per_head = 30\n", "k_per_head must be list"),
     ("[cluster]\nk_per_head = [30, 100]\n", "k_per_head lists 2 sizes but heads = 3"),
     ("[cluster]\nheads = 2\nk_per_head = [30, 0]\n", "k_per_head must list whole numbers in [1, "),

@@ -2,9 +2,9 @@
 
 Two crops at the input size (area share `big_min`-1: `[train] crop_min`, v2's is SwAV's 0.14)
 and `small` crops at half of it (0.05-0.14), as SwAV's 224 / 96 px at 32 / 16 px; each flipped at
-random, colour-jittered (brightness, contrast, saturation 0.8, hue 0.2, with p = 0.8), greyed
-with p = 0.2 and blurred with p = 0.5 (sigma 0.1-2 px at 224 px, scaled to the crop). RGB, no
-Sobel.
+random, colour-jittered with p = 0.8 (brightness, contrast, saturation 0.8 s, hue 0.2 s, SimCLR's
+strength s = `[train] colour_strength`), greyed with p = 0.2 and blurred with p = 0.5 (sigma
+0.1-2 px at 224 px, scaled to the crop: at 32 px at most 0.3 px, close to none). RGB, no Sobel.
 
 The work is split where it is cheapest. Loader workers only decode, crop and flip, and pack a
 sample's crops as uint8 in one flat tensor (so v1's loader and batching carry them unchanged).
@@ -22,7 +22,7 @@ from torchvision import transforms
 from dcpipe.stages.common.models import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL_SCALE = (0.05, 0.14)
-JITTER = (0.8, 0.8, 0.8, 0.2)  # brightness, contrast, saturation, hue
+JITTER = (0.8, 0.8, 0.8, 0.2)  # brightness, contrast, saturation, hue at strength 1 (SwAV's)
 P_JITTER, P_GREY, P_BLUR = 0.8, 0.2, 0.5
 BLUR_SIGMA_224 = (0.1, 2.0)
 GREY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
@@ -32,7 +32,8 @@ class MultiCrop:
     """PIL image -> one flat uint8 tensor holding 2 big and `small` small crops (in workers);
     `distort` turns a batch of them into normalised, colour-distorted float crops."""
 
-    def __init__(self, size: int, small: int, big_min: float):
+    def __init__(self, size: int, small: int, big_min: float, colour_strength: float = 1.0):
+        self.colour_strength = colour_strength
         small_size = max(8, size // 2)
         self.shapes = [(3, size, size)] * 2 + [(3, small_size, small_size)] * small
         self.big = _crop(size, (big_min, 1.0))
@@ -55,7 +56,7 @@ class MultiCrop:
 
     def distort(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 packed crops -> float packed crops, colour-distorted and normalised."""
-        crops = [normalise(colour_distort(c.float() / 255, generator))
+        crops = [normalise(colour_distort(c.float() / 255, generator, self.colour_strength))
                  for c in self.unpack(batch)]
         return torch.cat([c.flatten(1) for c in crops], dim=1)
 
@@ -93,12 +94,14 @@ def _hue_shift(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nij,njhw->nihw", matrix, x)
 
 
-def colour_distort(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per image of (n, 3, h, w) in [0, 1]: jitter (p 0.8), grey (p 0.2), blur (p 0.5)."""
+def colour_distort(x: torch.Tensor, generator: torch.Generator,
+                   strength: float = 1.0) -> torch.Tensor:
+    """Per image of (n, 3, h, w) in [0, 1]: jitter (p 0.8) of `strength` x JITTER, grey (p 0.2),
+    blur (p 0.5)."""
     n = len(x)
     if n == 0:
         return x
-    b, c, s, h = JITTER
+    b, c, s, h = (value * strength for value in JITTER)
     jitter = _chance(n, P_JITTER, generator)
     out = x * _uniform(n, 1 - b, 1 + b, generator)
     out = out.clamp(0, 1)

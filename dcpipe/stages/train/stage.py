@@ -373,7 +373,8 @@ class RoundTraining:
         """(transform, packed sample shape, objective) of the method."""
         c, size = self.config, self.model.config["input_size"]
         if c["method"] == "deepcluster-v2":
-            crops = MultiCrop(size, c["small_crops"], big_min=c["crop_min"])
+            crops = MultiCrop(size, c["small_crops"], big_min=c["crop_min"],
+                              colour_strength=c["colour_strength"])
             return crops, crops.sample_shape, PrototypeMatching(crops.unpack)
         return (train_transform(size, crop_min=c["crop_min"], flip=c["flip"]), (3, size, size),
                 Classification())

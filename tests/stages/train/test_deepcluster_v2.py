@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from dcpipe.stages.common.labels import LabelsError
-from dcpipe.stages.common.models import build_model, load_model
+from dcpipe.stages.common.models import IMAGENET_MEAN, IMAGENET_STD, build_model, load_model
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.train import TrainSettings
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
@@ -103,6 +103,23 @@ def test_the_full_size_crops_take_their_smallest_area_from_crop_min():
     spans = [np.ptp(swav_crops(ramp).reshape(2, 3, 16, 16)[:, 0].numpy(), axis=-1).max()
              for _ in range(16)]
     assert min(spans) < np.ptp(whole[..., 0])  # SwAV's 0.14: some crops see part of the ramp
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5, 1.0])
+def test_colour_strength_bounds_the_brightness_jitter(strength):
+    # On flat grey images only brightness acts (contrast, saturation, hue, greying and blur
+    # leave a constant grey as it is), so each image's level shows its brightness factor.
+    crops = MultiCrop(8, 0, big_min=1.0, colour_strength=strength)
+    grey = torch.full((512, *crops.sample_shape), 102, dtype=torch.uint8)  # 0.4
+    packed = crops.distort(grey, torch.Generator().manual_seed(0))
+    mean, std = (torch.tensor(v)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+    level = (crops.unpack(packed)[0] * std + mean)[:, :, 4, 4] / 0.4  # (512, 3)
+    assert torch.allclose(level, level[:, :1], atol=1e-4)  # still grey
+    factor = level[:, 0]
+    assert factor.min() >= 1 - 0.8 * strength - 1e-4 and factor.max() <= 1 + 0.8 * strength + 1e-4
+    if strength:  # and it spans its range: p = 0.8 of images jittered, uniformly
+        assert factor.min() < 1 - 0.7 * strength and factor.max() > 1 + 0.7 * strength
+        assert 0.7 < (factor != 1).float().mean() < 0.9
 
 
 def test_the_loss_pairs_every_crop_with_its_images_targets():
