@@ -32,7 +32,7 @@ class MultiCrop:
     """PIL image -> one flat uint8 tensor holding 2 big and `small` small crops (in workers);
     `distort` turns a batch of them into normalised, colour-distorted float crops."""
 
-    def __init__(self, size: int, small: int, big_min: float, colour_strength: float = 1.0):
+    def __init__(self, size: int, small: int, big_min: float, colour_strength: float):
         self.colour_strength = colour_strength
         small_size = max(8, size // 2)
         self.shapes = [(3, size, size)] * 2 + [(3, small_size, small_size)] * small
@@ -94,8 +94,7 @@ def _hue_shift(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nij,njhw->nihw", matrix, x)
 
 
-def colour_distort(x: torch.Tensor, generator: torch.Generator,
-                   strength: float = 1.0) -> torch.Tensor:
+def colour_distort(x: torch.Tensor, generator: torch.Generator, strength: float) -> torch.Tensor:
     """Per image of (n, 3, h, w) in [0, 1]: jitter (p 0.8) of `strength` x JITTER, grey (p 0.2),
     blur (p 0.5)."""
     n = len(x)

@@ -15,8 +15,8 @@ RANGES = {"batch_size": Range(1, 65536), "lr": above(0, 100), "momentum": Range(
           "workers": Range(0, 256), "checkpoint_every": Range(1, 10**9),
           "loss_every": Range(1, 10**9), "warmup_rounds": Range(0, 10_000),
           "lr_floor": Range(0, 1), "total_rounds": Range(0, 100_000), "temperature": above(0, 100),
-          "small_crops": Range(0, 64), "colour_strength": Range(0, 1.25), "bn_images": Range(0, 10**9),
-          "interleave": Range(1, 100_000), "window": Range(1, 10**7)}
+          "small_crops": Range(0, 64), "colour_strength": Range(0, 1.25),
+          "bn_images": Range(0, 10**9), "interleave": Range(1, 100_000), "window": Range(1, 10**7)}
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ class TrainSettings:
     temperature: float = 0.1  # deepcluster-v2: logits = prototypes . z / temperature
     small_crops: int = 2  # deepcluster-v2: crops at half the input size, besides the 2 full ones
     #                      (2, not SwAV's 6: more epochs per CPU-hour, docs/benchmarks.md)
-    colour_strength: float = 1.0  # deepcluster-v2: SimCLR's colour jitter strength s (multicrop.py);
-    #                               above 1.25 brightness 1 - 0.8 s would black images out
+    colour_strength: float = 1.0  # deepcluster-v2: SimCLR's colour jitter strength s
+    #                               (multicrop.py); above 1.25 its lowest brightness, 1 - 0.8 s, is < 0
     precision: str = "auto"  # bf16 autocast where the CPU/GPU has fast bf16 (auto), bf16 or fp32
     head_init: str = "random"  # deepcluster: the round's top layer, N(0, 0.01) (the paper) or
     #                           "fitted" to the clusters on the first draws (top_fit.py)

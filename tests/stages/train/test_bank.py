@@ -96,7 +96,7 @@ def test_the_bank_is_a_complete_store_with_the_rounds_layout_and_unit_rows(bank_
 def test_a_bank_row_is_the_normalised_mean_of_the_two_full_crops_projections():
     net = build_model(ModelSpec(**SPEC), seed=0).eval()  # eval: per-sample, comparable alone
     net.set_prototypes([torch.nn.functional.normalize(torch.randn(K, DIM), dim=1)], 0.1)
-    crops = MultiCrop(32, 2, big_min=0.14)
+    crops = MultiCrop(32, 2, big_min=0.14, colour_strength=1.0)
     packed = torch.randn(5, crops.sample_shape[0])
     _, rows = train_step(net, [], packed, torch.zeros(5, dtype=torch.int64), 1.0, parts=2,
                          objective=PrototypeMatching(crops.unpack))
@@ -109,7 +109,8 @@ def test_batches_carry_each_samples_shard_and_row(bank_round):
     shards, labels_dir = bank_round[:2]
     sampler = BalancedSampler(shards, labels_dir, cluster_sizes(shards, labels_dir, K),
                               balanced=False, streams=2)
-    streams = open_streams(sampler, 8, MultiCrop(16, 0, big_min=0.14), workers=0)
+    crops = MultiCrop(16, 0, big_min=0.14, colour_strength=1.0)
+    streams = open_streams(sampler, 8, crops, workers=0)
     batches = MergedBatches(sampler.stream_lengths(), 8, streams, (2 * 3 * 16 * 16,))
     images, labels, ids = batches.take(150)
     planted = {s.index: load_labels(labels_dir, s.name)[1] for s in shards}

@@ -68,7 +68,7 @@ def test_a_head_whose_centroids_are_not_its_labels_is_refused(tmp_path):
 
 def test_every_crop_of_an_image_carries_its_target(heads):
     shards, labels_dir, more, _ = heads
-    crops = MultiCrop(16, 3, big_min=0.14)
+    crops = MultiCrop(16, 3, big_min=0.14, colour_strength=1.0)
     sampler = BalancedSampler(shards, labels_dir, cluster_sizes(shards, labels_dir, K),
                               balanced=False, more_labels_dirs=more, streams=1)
     streams = open_streams(sampler, 8, crops, workers=0)
@@ -86,20 +86,20 @@ def test_every_crop_of_an_image_carries_its_target(heads):
 def _normalised(packed: torch.Tensor) -> torch.Tensor:
     from dcpipe.stages.train.multicrop import normalise
 
-    crops = MultiCrop(16, 3, big_min=0.14).unpack(packed)
+    crops = MultiCrop(16, 3, big_min=0.14, colour_strength=1.0).unpack(packed)
     return torch.cat([normalise(c.float() / 255).flatten(1) for c in crops], dim=1)
 
 
 def test_the_full_size_crops_take_their_smallest_area_from_crop_min():
     ramp = Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))).convert("RGB")
     whole = np.asarray(ramp.resize((16, 16), Image.BILINEAR))
-    whole_crops = MultiCrop(16, 1, big_min=1.0)
+    whole_crops = MultiCrop(16, 1, big_min=1.0, colour_strength=1.0)
     torch.manual_seed(0)
     for _ in range(8):  # big_min 1: each full-size crop is the whole image, at most mirrored
         for crop in whole_crops.unpack(whole_crops(ramp)[None])[:2]:
             pixels = crop[0].permute(1, 2, 0).numpy().astype(int)
             assert min(np.abs(pixels - whole).max(), np.abs(pixels - whole[:, ::-1]).max()) <= 2
-    swav_crops = MultiCrop(16, 0, big_min=0.14)
+    swav_crops = MultiCrop(16, 0, big_min=0.14, colour_strength=1.0)
     spans = [np.ptp(swav_crops(ramp).reshape(2, 3, 16, 16)[:, 0].numpy(), axis=-1).max()
              for _ in range(16)]
     assert min(spans) < np.ptp(whole[..., 0])  # SwAV's 0.14: some crops see part of the ramp
@@ -126,7 +126,7 @@ def test_the_loss_pairs_every_crop_with_its_images_targets():
     torch.manual_seed(0)
     net = build_model(ModelSpec(sobel=False, width=4, projection=DIM), seed=0).eval()
     net.set_prototypes([torch.randn(K, DIM), torch.randn(3, DIM)], 0.1)
-    crops = MultiCrop(32, 2, big_min=0.14)
+    crops = MultiCrop(32, 2, big_min=0.14, colour_strength=1.0)
     packed = torch.randn(5, crops.sample_shape[0])
     targets = torch.tensor([[0, 1], [3, 2], [1, 0], [2, 2], [0, 1]])
     loss, _ = PrototypeMatching(crops.unpack).loss(net, packed, targets)
