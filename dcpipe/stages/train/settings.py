@@ -43,7 +43,7 @@ class TrainSettings:
     small_crops: int = 2  # deepcluster-v2: crops at half the input size, besides the 2 full ones
     #                      (2, not SwAV's 6: more epochs per CPU-hour, docs/benchmarks.md)
     colour_strength: float = 1.0  # deepcluster-v2: SimCLR's colour jitter strength s
-    #                               (multicrop.py); above 1.25 its lowest brightness, 1 - 0.8 s, is < 0
+    #                               (multicrop.py); above 1.25 brightness 1 - 0.8 s is below 0
     precision: str = "auto"  # bf16 autocast where the CPU/GPU has fast bf16 (auto), bf16 or fp32
     head_init: str = "random"  # deepcluster: the round's top layer, N(0, 0.01) (the paper) or
     #                           "fitted" to the clusters on the first draws (top_fit.py)
