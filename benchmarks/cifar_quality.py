@@ -26,7 +26,10 @@ labels (evaluation only):
 Any ImageNet-style folder works in place of CIFAR-10 (`--images`), and `--rounds N` runs a
 fixed number of rounds instead of a budget (e.g. the 450 photos of ../shared/datasets/photos at
 64 px: `--images ../shared/datasets/photos --holdout 30 --probe 100 --rounds 4
---set model.input_size=64 --set cluster.k=30`).
+--set model.input_size=64 --set cluster.k=30`). A `--rounds` run that was stopped (a reboot, a
+kill) continues with the same command plus `--resume`: `dcpipe run` picks the interrupted round up
+from its checkpoint, and the finished rounds' rows come from `rounds.jsonl` in `--work`. A budget
+run cannot resume: its clock is the measure.
 """
 
 import argparse
@@ -82,11 +85,14 @@ def parse_sets(items: list[str]) -> dict:
     return changes
 
 
+def config_values(method: str, changes: dict, seed: int) -> dict:
+    return {"seed": seed, **changes, "train": {"method": method, **changes.get("train", {})}}
+
+
 def write_config(ws: Workspace, method: str, changes: dict, seed: int) -> configuration.Config:
     """dcpipe.toml naming the seed, the method and the changes; returns the config it loads as."""
-    changes = {"seed": seed, **changes, "train": {"method": method, **changes.get("train", {})}}
     ws.root.mkdir(parents=True, exist_ok=True)
-    ws.config_path.write_text(tomli_w.dumps(changes))
+    ws.config_path.write_text(tomli_w.dumps(config_values(method, changes, seed)))
     return ws.config()
 
 
@@ -105,12 +111,12 @@ def read_toml(path: Path) -> dict:
 
 
 def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log,
-               rounds: int = 0) -> list[dict]:
-    """Rounds while the next one fits in the budget (or exactly `rounds` of them); returns each
-    round's time and record."""
-    rows, started = [], time.perf_counter()
+               rows_path: Path, rounds: int = 0) -> list[dict]:
+    """Rounds while the next one fits in the budget (or exactly `rounds` of them, after those a
+    resumed run finished); returns each round's time and record, also kept in `rows_path`."""
+    rows, started = read_rows(rows_path), time.perf_counter()
     fitted = config.train.lr_schedule == "cosine" and config.train.total_rounds == 0
-    total, r = config.train.total_rounds, 0
+    total, r = config.train.total_rounds, len(rows)
     while True:
         begun = time.perf_counter()
         dcpipe(ws, "run", "--rounds", str(r + 1))
@@ -122,6 +128,8 @@ def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log
                      "final_loss": train["final_loss"],
                      "images_per_s": train["timings"]["images_per_s"]})
         log(json.dumps(rows[-1]))
+        with rows_path.open("a") as rows_file:
+            rows_file.write(json.dumps(rows[-1]) + "\n")
         elapsed = time.perf_counter() - started
         if rounds:
             if r + 1 == rounds:
@@ -140,6 +148,41 @@ def run_rounds(ws: Workspace, config: configuration.Config, budget_s: float, log
         r += 1
         if (total and r >= total) or elapsed + seconds > budget_s:
             return rows
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def start(ws: Workspace, args, roots: dict) -> tuple[configuration.Config, float]:
+    """A new workspace: its config and shards; returns the config and the shard time."""
+    if ws.rounds():
+        raise SystemExit(f"{ws.root} already has rounds: use a new --work folder or --resume")
+    config = write_config(ws, args.method, parse_sets(args.sets), args.seed)
+    started = time.perf_counter()
+    if args.shards_from:
+        shutil.copytree(args.shards_from, ws.shards_dir, copy_function=os.link)
+    else:
+        dcpipe(ws, "shard", "--src", str(roots["collection"]))
+    if args.rounds and config.train.total_rounds == 0:
+        set_total_rounds(ws, args.rounds)
+    return config, time.perf_counter() - started
+
+
+def resumed(ws: Workspace, args) -> configuration.Config:
+    """An interrupted `--rounds` run's config; refuses any other."""
+    if not args.rounds:
+        raise SystemExit("--resume needs --rounds: a budget's clock cannot resume")
+    if not ws.config_path.exists():
+        raise SystemExit(f"nothing to resume in {ws.root}")
+    config = ws.config()
+    asked = config_values(args.method, parse_sets(args.sets), args.seed)
+    written = read_toml(ws.config_path)
+    for values in (asked, written):  # --rounds writes it when no --set does
+        values["train"].pop("total_rounds", None)
+    if written != asked:
+        raise SystemExit(f"{ws.config_path} holds {written}, these arguments ask {asked}")
+    return config
 
 
 def machine_speed() -> int:
@@ -176,29 +219,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the workspace's base seed (training)")
     parser.add_argument("--shards-from", type=Path,
                         help="a shards folder of the same collection to link instead of sharding")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a stopped --rounds run in --work (same arguments)")
     args = parser.parse_args()
-    log = lambda message: print(message, flush=True)  # noqa: E731
+    rows_path = args.work / "rounds.jsonl"
     roots = link_split(args.images, args.work, args.holdout, args.probe)
     ws = Workspace(args.work / "ws")
-    if ws.rounds():
-        raise SystemExit(f"{ws.root} already has rounds: use a new --work folder")
-    config = write_config(ws, args.method, parse_sets(args.sets), args.seed)
-    started = time.perf_counter()
-    if args.shards_from:
-        shutil.copytree(args.shards_from, ws.shards_dir, copy_function=os.link)
+    if args.resume:
+        config, shard_s = resumed(ws, args), 0.0
     else:
-        dcpipe(ws, "shard", "--src", str(roots["collection"]))
-    shard_s = time.perf_counter() - started
-    if args.rounds and config.train.total_rounds == 0:
-        set_total_rounds(ws, args.rounds)
+        config, shard_s = start(ws, args, roots)
+        rows_path.unlink(missing_ok=True)
+    log = lambda message: print(message, flush=True)  # noqa: E731
     speed_before = machine_speed()
-    rows = run_rounds(ws, config, args.budget_minutes * 60, log, args.rounds)
+    rows = run_rounds(ws, config, args.budget_minutes * 60, log, rows_path, args.rounds)
     speed = [speed_before, machine_speed()]
     last = ws.round(rows[-1]["round"]).model
     trained = measure(roots, last, config.model, config.seed, args.kmeans_runs)
     random = measure(roots, None, config.model, config.seed, args.kmeans_runs)
     result = {"method": args.method, "seed": args.seed, "sets": args.sets, "images": str(args.images),
-              "budget_minutes": 0 if args.rounds else args.budget_minutes,
+              "budget_minutes": 0 if args.rounds else args.budget_minutes, "resumed": args.resume,
               "shard_s": round(shard_s, 1), "rounds": rows,
               "rounds_s": round(sum(r["seconds"] for r in rows), 1),
               "config": configuration.load(ws.config_path).as_dict(),
