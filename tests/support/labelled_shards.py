@@ -16,7 +16,7 @@ from dcpipe.shards.naming import make_key
 from dcpipe.shards.reader import list_shards
 from dcpipe.shards.writer import ShardWriter
 from dcpipe.stages.common.labels import write_labels
-from dcpipe.stages.common.models import IMAGENET_MEAN, IMAGENET_STD
+from dcpipe.stages.common.models import denormalize_batch
 
 LEVELS = (32, 96, 160, 224)
 PALETTE = np.array(list(itertools.product(LEVELS, repeat=3)), dtype=np.float64)  # 64 colours
@@ -56,8 +56,7 @@ def make_collection(root, labels_per_shard: list[np.ndarray], k: int, image_size
 
 def label_of_pixels(image: torch.Tensor) -> int:
     """The planted label of a normalised image tensor [3, H, W] (-1 for white)."""
-    rgb = image.mean(dim=(1, 2)).double() * torch.tensor(IMAGENET_STD).double()
-    rgb = (rgb + torch.tensor(IMAGENET_MEAN).double()).numpy() * 255
+    rgb = denormalize_batch(image[None].double())[0].mean(dim=(1, 2)).numpy() * 255
     if (rgb > 240).all():
         return -1
     return int(np.argmin(((PALETTE - rgb) ** 2).sum(axis=1)))

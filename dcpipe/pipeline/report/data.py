@@ -24,7 +24,7 @@ from dcpipe.stages.sources.imagesets import ImageSet
 from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.labels import load_labels, read_index
 from dcpipe.stages.common.metrics import contingency, nmi
-from dcpipe.stages.common.models import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from dcpipe.stages.common.models import denormalize_batch, eval_transform
 from dcpipe.stages.common.seeds import Domain
 from dcpipe.stages.evaluate.probes import l2_normalise
 
@@ -198,9 +198,7 @@ def _composition(pairs: list, k: int) -> tuple[list, np.ndarray]:
 
 def to_uint8(images: torch.Tensor, px: int = THUMB_PX) -> np.ndarray:
     """Normalised model inputs (B, 3, H, W) back to uint8 (B, h, w, 3) thumbnails."""
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    pixels = (images * std + mean).clamp(0, 1)
+    pixels = denormalize_batch(images).clamp(0, 1)
     if pixels.shape[-1] > px:
         pixels = torch.nn.functional.interpolate(pixels, size=(px, px), mode="area")
     return (pixels * 255).round().byte().permute(0, 2, 3, 1).numpy()

@@ -402,6 +402,13 @@ def normalize_batch(images: torch.Tensor) -> torch.Tensor:
     return x.sub(mean).div(std).contiguous()
 
 
+def denormalize_batch(x: torch.Tensor) -> torch.Tensor:
+    """Normalised model inputs (N, 3, H, W) back to pixel values, 0..1 before any clamping."""
+    mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device)[:, None, None]
+                 for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return x * std + mean
+
+
 def train_transform(input_size: int, crop_min: float = 0.08, flip: bool = True):
     """The paper's augmentation: RandomResizedCrop (area share crop_min..1) + horizontal flip."""
     flips = [transforms.RandomHorizontalFlip()] if flip else []

@@ -9,8 +9,9 @@ from dcpipe.errors import FileFormatError, SettingsError
 from dcpipe.stages.common.digests import load_checked, save_checked, verify_file
 from dcpipe.stages.common.modelspec import ModelSpec
 from support.damage import flip_low_bit_of_weight, largest_weight
-from dcpipe.stages.common.models import (build_model, eval_crop, eval_transform, load_model, make_sobel,
-                                        normalize_batch, save_model, train_transform)
+from dcpipe.stages.common.models import (build_model, denormalize_batch, eval_crop, eval_transform,
+                                        load_model, make_sobel, normalize_batch, save_model,
+                                        train_transform)
 
 torch.set_num_threads(1)
 
@@ -214,6 +215,14 @@ def test_batch_normalisation_equals_the_per_image_transform():
     per_image = torch.stack([eval_transform(32)(im) for im in images])
     crops = np.stack([np.asarray(eval_crop(32)(im)) for im in images])
     assert torch.equal(normalize_batch(torch.from_numpy(crops)), per_image)
+
+
+def test_denormalize_batch_gives_back_the_pixels_per_channel():
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (4, 6, 5, 3), dtype=torch.uint8, generator=generator)
+    back = denormalize_batch(normalize_batch(pixels)) * 255  # (4, 3, 6, 5)
+    assert torch.allclose(back, pixels.permute(0, 3, 1, 2).float(), atol=1e-3)
+    assert denormalize_batch(normalize_batch(pixels).double()).dtype == torch.float64
 
 
 def test_train_transform_crops_within_crop_min_and_flips_only_when_asked():

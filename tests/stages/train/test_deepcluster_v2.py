@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from dcpipe.stages.common.labels import LabelsError
-from dcpipe.stages.common.models import IMAGENET_MEAN, IMAGENET_STD, build_model, load_model
+from dcpipe.stages.common.models import build_model, denormalize_batch, load_model
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.train import TrainSettings
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
@@ -112,8 +112,7 @@ def test_colour_strength_bounds_the_brightness_jitter(strength):
     crops = MultiCrop(8, 0, big_min=1.0, colour_strength=strength)
     grey = torch.full((512, *crops.sample_shape), 102, dtype=torch.uint8)  # 0.4
     packed = crops.distort(grey, torch.Generator().manual_seed(0))
-    mean, std = (torch.tensor(v)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
-    level = (crops.unpack(packed)[0] * std + mean)[:, :, 4, 4] / 0.4  # (512, 3)
+    level = denormalize_batch(crops.unpack(packed)[0])[:, :, 4, 4] / 0.4  # (512, 3)
     assert torch.allclose(level, level[:, :1], atol=1e-4)  # still grey
     factor = level[:, 0]
     assert factor.min() >= 1 - 0.8 * strength - 1e-4 and factor.max() <= 1 + 0.8 * strength + 1e-4
