@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from dcpipe.stages.common.models import IMAGENET_MEAN, IMAGENET_STD
+from dcpipe.stages.common.models import normalize_floats
 
 SMALL_SCALE = (0.05, 0.14)
 JITTER = (0.8, 0.8, 0.8, 0.2)  # brightness, contrast, saturation, hue at strength 1 (SwAV's)
@@ -56,7 +56,7 @@ class MultiCrop:
 
     def distort(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 packed crops -> float packed crops, colour-distorted and normalised."""
-        crops = [normalise(colour_distort(c.float() / 255, generator, self.colour_strength))
+        crops = [normalize_floats(colour_distort(c.float() / 255, generator, self.colour_strength))
                  for c in self.unpack(batch)]
         return torch.cat([c.flatten(1) for c in crops], dim=1)
 
@@ -130,9 +130,3 @@ def _blur(x: torch.Tensor, generator) -> torch.Tensor:
     flat = F.conv2d(F.pad(flat, (0, 0, pad, pad), mode="reflect"),
                     kernel[:, None, :, None], groups=n * channels)
     return flat.reshape(x.shape)
-
-
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype)[None, :, None, None]
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype)[None, :, None, None]
-    return (x - mean) / std

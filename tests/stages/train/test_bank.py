@@ -11,7 +11,7 @@ import torch
 from dcpipe.errors import SettingsError
 from dcpipe.stages.common.featurestore import ROW_ARRAYS, open_store, verify_store
 from dcpipe.stages.common.labels import LabelsError, load_labels, write_labels
-from dcpipe.stages.common.models import build_model
+from dcpipe.stages.common.models import build_model, normalize_floats
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.extract import extract
 from dcpipe.stages.extract.settings import ExtractSettings
@@ -117,8 +117,8 @@ def test_batches_carry_each_samples_shard_and_row(bank_round):
     assert sorted(map(tuple, ids.tolist())) == [(s.index, r) for s in shards
                                                 for r in range(s.n_samples)]
     first_crops = images[:, :3 * 16 * 16].reshape(-1, 3, 16, 16).float() / 255
-    from dcpipe.stages.train.multicrop import normalise
-    for (shard, row), label, image in zip(ids.tolist(), labels.tolist(), normalise(first_crops)):
+    for (shard, row), label, image in zip(ids.tolist(), labels.tolist(),
+                                          normalize_floats(first_crops)):
         assert planted[shard][row] == label == label_of_pixels(image)
 
 

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from dcpipe.stages.common.labels import LabelsError
-from dcpipe.stages.common.models import build_model, denormalize_batch, load_model
+from dcpipe.stages.common.models import (build_model, denormalize_batch, load_model,
+                                        normalize_floats)
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.train import TrainSettings
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
@@ -84,10 +85,8 @@ def test_every_crop_of_an_image_carries_its_target(heads):
 
 
 def _normalised(packed: torch.Tensor) -> torch.Tensor:
-    from dcpipe.stages.train.multicrop import normalise
-
     crops = MultiCrop(16, 3, big_min=0.14, colour_strength=1.0).unpack(packed)
-    return torch.cat([normalise(c.float() / 255).flatten(1) for c in crops], dim=1)
+    return torch.cat([normalize_floats(c.float() / 255).flatten(1) for c in crops], dim=1)
 
 
 def test_the_full_size_crops_take_their_smallest_area_from_crop_min():
