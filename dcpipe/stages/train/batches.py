@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from dcpipe.shards.atomic import ctrl_c_deferred
 from dcpipe.stages.common import seeds
 from dcpipe.stages.common.images import BadImage, open_rgb
 from dcpipe.stages.common.seeds import Domain
@@ -149,5 +150,8 @@ class MergedBatches:
         return Batch(*(f[:n] for f in joined))
 
     def close(self) -> None:
-        """Stop the loader workers."""
+        """Stop the loader workers, one Ctrl-C meanwhile raised once all are stopped."""
+        with ctrl_c_deferred():
+            for stream in self._streams:
+                stream.close()
         self._streams = []

@@ -9,6 +9,7 @@ from dcpipe.stages.train.batches import MergedBatches, open_streams
 
 from dcpipe.shards.reader import ShardCorrupt
 from support.damage import flip_in_member
+from support.interrupting import run_interrupted
 from support.labelled_shards import label_of_pixels, make_collection
 
 K, SIZE, CHUNK = 12, 16, 8
@@ -86,3 +87,21 @@ def test_a_damaged_tail_is_found_before_the_last_chunk_even_on_a_chunk_boundary(
     with pytest.raises(ShardCorrupt, match="000001.tar"):
         batches.take(2 * CHUNK)
     batches.close()
+
+
+MERGED_THEN_CLOSED = """
+chunk = (torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.int64), torch.zeros(2, 2, dtype=torch.int64))
+batches = MergedBatches([4, 4], 2, lambda stream, first: raised(Loader(sys.argv[1], chunk)), (3, 4, 4))
+batches.take(3)
+try:
+    batches.close()
+except KeyboardInterrupt:
+    EVENTS.append("interrupted")
+"""
+
+
+def test_close_stops_every_stream_then_raises_a_ctrl_c_met_on_the_way():
+    """Each stream's loader is stopped by close() itself (not by a finaliser, where the Ctrl-C
+    is lost), and the one Ctrl-C each stop met is raised once, after the last."""
+    script = "from dcpipe.stages.train.batches import MergedBatches\n" + MERGED_THEN_CLOSED
+    assert run_interrupted(script, "stop") == "started started stopped stopped interrupted"
