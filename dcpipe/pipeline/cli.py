@@ -17,7 +17,7 @@ import click
 from dcpipe.errors import DcpipeError
 from dcpipe.pipeline import config as configuration
 from dcpipe.pipeline import rounds, status
-from dcpipe.pipeline.interrupts import keep_lost_interrupts
+from dcpipe.pipeline.interrupts import keep_lost_interrupts, quiet_handover_hangups
 from dcpipe.pipeline.lock import EXIT_BUSY, WorkspaceBusy, shard_lock, workspace_lock
 from dcpipe.pipeline.methods import DEFAULT_METHOD, METHOD_CHANGES
 from dcpipe.pipeline.workspace import Workspace, WorkspaceError
@@ -135,6 +135,7 @@ class Commands(click.Group):
 
     def invoke(self, ctx):
         keep_lost_interrupts()
+        quiet_handover_hangups()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
