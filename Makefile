@@ -38,7 +38,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-# exit 5 = no test carries the slow mark (none does today): not a failure
+# longer checks (`@pytest.mark.slow`; ~10 min); exit 5 = none selected: not a failure
 test-slow: setup
 	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
 
