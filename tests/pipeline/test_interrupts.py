@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+from support.interrupting import terminal_sigint
+
 INTERRUPTED_IN_A_FINALISER = """
 import os, signal, sys, time
 from dcpipe.pipeline.interrupts import keep_lost_interrupts
@@ -32,7 +34,7 @@ def test_a_ctrl_c_inside_a_finaliser_is_raised_again_after_it(hook, outcome):
     """Python's own hook prints it as ignored and the work goes on (a `dcpipe run` trained for
     ever: 1 in 150 interrupted runs); the unfinished run shows it still does."""
     out = subprocess.run([sys.executable, "-c", INTERRUPTED_IN_A_FINALISER, hook],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, preexec_fn=terminal_sigint)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == outcome
     assert ("ignored" in out.stderr) == (outcome == "ran on"), out.stderr

@@ -12,6 +12,12 @@ from pathlib import Path
 EVENTS = []
 
 
+def terminal_sigint() -> None:
+    """SIGINT as a terminal delivers it: a suite started in the background inherits it ignored,
+    and Python keeps it ignored, so the Ctrl-C under test would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def ctrl_c_now() -> None:
     os.kill(os.getpid(), signal.SIGINT)
     sum(range(1000))  # Python's handler runs here, between bytecodes
@@ -52,6 +58,6 @@ def run_interrupted(script: str, when: str) -> str:
     tests = str(Path(__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", prelude + script + "\nprint(' '.join(EVENTS))",
                           when], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": tests})
+                         env={**os.environ, "PYTHONPATH": tests}, preexec_fn=terminal_sigint)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     return out.stdout.strip()
