@@ -17,6 +17,7 @@ DEEPCLUSTER_V2 = {  # BRIEF section 9 / SwAV's main_deepclusterv2.py, at CPU sca
                 "heads": 3, "niter": 10, "k": 300},
     "train": {"lr_schedule": "cosine", "warmup_rounds": 1.0, "weight_decay": 1e-6,
               "lr": 0.3,  # SwAV's 4.8 at batch 4,096, scaled to 256 (no LARC here)
+              "batch_size": 0,  # 256 from 10,240 images a round up, smaller below, lr with it
               # vs SwAV's 1/1000 over 3 paired seeds: probes ahead, clustering level on average
               "lr_floor": 0.3,  # (docs/benchmarks.md)
               "crop_min": 0.14},  # the full-size crops' smallest area share, as SwAV's

@@ -10,7 +10,7 @@ METHODS = ("deepcluster", "deepcluster-v2")
 SCHEDULES = ("constant", "cosine")
 FEATURES = ("extract", "bank")
 HEAD_INITS = ("random", "fitted")
-RANGES = {"batch_size": Range(1, 65536), "lr": above(0, 100), "momentum": Range(0, 0.999),
+RANGES = {"batch_size": Range(0, 65536), "lr": above(0, 100), "momentum": Range(0, 0.999),
           "weight_decay": Range(0, 1), "reassign": above(0, 10_000), "crop_min": above(0, 1),
           "workers": Range(0, 256), "checkpoint_every": Range(1, 10**9),
           "loss_every": Range(1, 10**9), "warmup_rounds": Range(0, 10_000),
@@ -22,7 +22,7 @@ RANGES = {"batch_size": Range(1, 65536), "lr": above(0, 100), "momentum": Range(
 @dataclass(frozen=True)
 class TrainSettings:
     method: str = "deepcluster"  # or deepcluster-v2 (pipeline/methods.py: what else it changes)
-    batch_size: int = 256
+    batch_size: int = 256  # per rank; 0: from the collection, with the lr scaled (batchsize.py)
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-5

@@ -13,6 +13,7 @@ rank with fewer samples takes smaller batches, never hangs the others), and each
 scaled by world / (global batch) so that DDP's gradient average is the mean over the global
 batch. A batch larger than batch_size (a rank with more samples) is split into micro-batches;
 every rank makes the same number of passes per step, since DDP's collectives must pair up.
+batch_size 0 takes the batch from sum D / world, and the lr with it (batchsize.py).
 
 Checkpoints (`out_dir/ckpt/last.pt`, every `checkpoint_every` steps and at the end, atomic,
 plain tensors and lists: torch.load(weights_only=True)) hold the model, both optimisers, the
@@ -55,7 +56,7 @@ from dcpipe.stages.common.precision import autocast, autocast_dtype
 from dcpipe.stages.common.safeload import load_npy
 from dcpipe.stages.common.modelspec import ModelSpec
 from dcpipe.stages.common.seeds import Domain
-from dcpipe.stages.train import outputs
+from dcpipe.stages.train import batchsize, outputs
 from dcpipe.stages.train.bank import BankPart, BankSpec, assemble, check_layout
 from dcpipe.stages.train.balanced_sampler import BalancedSampler, cluster_sizes
 from dcpipe.stages.train.batches import MergedBatches, open_streams
@@ -241,7 +242,10 @@ class RoundTraining:
         self.lengths = self.sampler.stream_lengths()
         draws = torch.zeros(ctx.world, dtype=torch.int64)
         draws[ctx.rank] = sum(self.lengths)
-        self.plan = StepPlan.make(ctx.sum(draws).tolist(), config["batch_size"])
+        draws = ctx.sum(draws).tolist()
+        self.batch_size, self.lr = batchsize.resolve(config["batch_size"], config["lr"],
+                                                     sum(draws) // ctx.world)
+        self.plan = StepPlan.make(draws, self.batch_size)
         self.model, self.body_opt, self.top_opt = self._model_and_optimisers(ckpt is None)
         self.transform, self.sample_shape, self.objective = self._augmentation()
         self.dtype = autocast_dtype(config["precision"], ctx.device)
@@ -268,12 +272,12 @@ class RoundTraining:
             top_seed = seeds.int_seed(c["seed"], c["round"], Domain.TOP_INIT)
             model.replace_top(self.k, torch.Generator().manual_seed(top_seed))
         model.to(self.ctx.device, memory_format=torch.channels_last).train()
-        body = torch.optim.SGD(model.body_parameters(), lr=c["lr"], momentum=c["momentum"],
+        body = torch.optim.SGD(model.body_parameters(), lr=self.lr, momentum=c["momentum"],
                                weight_decay=c["weight_decay"])
-        top = (torch.optim.SGD(model.top.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
+        top = (torch.optim.SGD(model.top.parameters(), lr=self.lr, weight_decay=c["weight_decay"])
                if c["method"] == "deepcluster" else None)  # v2's prototypes are not trained
         if c["body_optim_path"] is not None and fresh:
-            _load_body_optimiser(body, c)
+            _load_body_optimiser(body, c, self.lr)
         return model, body, top
 
     def _bank_part(self, shards: list[ShardInfo], fresh: bool) -> BankPart | None:
@@ -330,8 +334,8 @@ class RoundTraining:
         batches = self._batches(workers)
         try:
             with torch.no_grad(), autocast(ctx.device, self.dtype):
-                for done in range(0, wanted, c["batch_size"]):
-                    images, labels, _ = batches.take(min(c["batch_size"], wanted - done))
+                for done in range(0, wanted, self.batch_size):
+                    images, labels, _ = batches.take(min(self.batch_size, wanted - done))
                     x = channels_last(images.to(ctx.device))
                     moments.add(self.model.classifier_output(x), labels)
         finally:
@@ -356,13 +360,13 @@ class RoundTraining:
         rng = random.Random(seeds.int_seed(c["seed"], c["round"], Domain.BN_SAMPLE, ctx.rank))
         images = [s.image for s in sample_images(self.mine, round(c["bn_images"] * share), rng)]
         transform = eval_transform(self.model.config["input_size"])
-        self.bn_batches = recompute(self.model, images, transform, c["batch_size"], ctx, self.dtype)
+        self.bn_batches = recompute(self.model, images, transform, self.batch_size, ctx, self.dtype)
         return time.perf_counter() - started
 
     def _batches(self, workers: int) -> MergedBatches:
         c, device = self.config, self.ctx.device
         streams = open_streams(self.sampler, c["chunk"], self.transform, workers,
-                               prefetch=max(2, 2 * c["batch_size"] // (c["chunk"] * c["streams"])),
+                               prefetch=max(2, 2 * self.batch_size // (c["chunk"] * c["streams"])),
                                pin_memory=device.type == "cuda")
         heads = len(c["more_labels"]) + 1
         return MergedBatches(self.lengths, c["chunk"], streams, self.sample_shape,
@@ -399,7 +403,7 @@ class RoundTraining:
             loss, bank_rows = train_step(
                 net, self.optimizers, images.to(ctx.device, non_blocking=True),
                 labels.to(ctx.device, non_blocking=True), ctx.world / plan.global_batch(i),
-                plan.parts(i, c["batch_size"]), self.objective, self.dtype)
+                plan.parts(i, self.batch_size), self.objective, self.dtype)
             if self.bank is not None:
                 self.bank.record(ids, bank_rows)
             self.tally.add(loss, labels)
@@ -412,7 +416,7 @@ class RoundTraining:
 
     def _lr(self, step: int) -> float:
         c = self.config
-        return lr_at(c["lr"], c["lr_schedule"], c["warmup_rounds"], c["total_rounds"],
+        return lr_at(self.lr, c["lr_schedule"], c["warmup_rounds"], c["total_rounds"],
                      c["round"], step, self.plan.steps, c["lr_floor"])
 
     def _set_lr(self, step: int) -> None:
@@ -499,6 +503,7 @@ class RoundTraining:
         loop_s = timing["loop_s"]
         return {
             "steps": plan.steps, "samples": sum(plan.draws), "world_size": len(plan.draws),
+            "batch_size": self.batch_size, "lr": self.lr,  # as trained ([train] batch_size = 0)
             "samples_per_rank": list(plan.draws), "n_labelled": int(self.sizes.sum()),
             "expected_samples": float(self.sizes.sum() * config["reassign"]),
             "passes": self.sampler.passes, "k": self.k,
@@ -574,7 +579,7 @@ def _check_model_matches(meta: dict, config: dict) -> None:
                              f"the round is configured with {config[key]!r}")
 
 
-def _load_body_optimiser(body: torch.optim.SGD, config: dict) -> None:
+def _load_body_optimiser(body: torch.optim.SGD, config: dict, lr: float) -> None:
     """The previous round's body SGD state, with this round's hyperparameters."""
     path = config["body_optim_path"]
     try:
@@ -587,7 +592,7 @@ def _load_body_optimiser(body: torch.optim.SGD, config: dict) -> None:
     except (ValueError, KeyError) as exc:
         raise FileFormatError(f"{path} does not fit this model's body parameters: {exc}") from exc
     for group in body.param_groups:
-        group.update(lr=config["lr"], momentum=config["momentum"],
+        group.update(lr=lr, momentum=config["momentum"],
                      weight_decay=config["weight_decay"])
 
 

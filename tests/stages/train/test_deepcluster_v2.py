@@ -161,12 +161,22 @@ def test_sigkill_then_rerun_continues_the_cosine_schedule_exactly(heads, tmp_pat
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
 
 
+def test_batch_size_0_trains_as_the_batch_it_picks_with_the_lr_scaled(heads, tmp_path):
+    auto = run_v2(heads, tmp_path / "auto", batch_size=0)
+    assert auto["batch_size"] == 32 and auto["steps"] == 5  # 150 rows: the smallest choice
+    assert auto["lr"] == pytest.approx(OPTIONS["lr"] * 32 / 256)
+    chosen = run_v2(heads, tmp_path / "chosen", batch_size=32, lr=auto["lr"])
+    assert auto["lr_first_last"] == chosen["lr_first_last"]
+    assert auto["loss_curve"] == chosen["loss_curve"]
+
+
 def test_two_rank_torchrun_v2_round(heads, tmp_path):
-    proc = launch_v2(TWO_RANKS, heads, tmp_path, OPTIONS)
+    proc = launch_v2(TWO_RANKS, heads, tmp_path, {**OPTIONS, "batch_size": 0})
     _, stderr = output_or_fail(proc, 180, "the 2-rank v2 round")
     assert proc.returncode == 0, stderr[-3000:]
     record = json.loads((tmp_path / "train.json").read_text())
     assert record["world_size"] == 2 and sum(record["samples_per_rank"]) == 150
+    assert record["batch_size"] == 32 and record["steps"] == 3  # both ranks chose one batch
     model, _ = load_model(tmp_path / "model.pt")
     for buffer, path in zip(model.top.heads, heads[3]):
         assert torch.equal(buffer, _prototype(path))
