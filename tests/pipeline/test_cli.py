@@ -15,6 +15,7 @@ from dcpipe.pipeline.config import template
 from dcpipe.pipeline.lock import workspace_lock
 from dcpipe.pipeline.workspace import Workspace, WorkspaceError
 from support.cli import DCPIPE, dcpipe, dcpipe_args
+from support.interrupting import terminal_sigint
 from support.tiny_shards import add_shard
 from support.workspaces import tiny_workspace
 
@@ -155,11 +156,9 @@ def test_status_of_a_missing_workspace_or_a_bad_config_exits_2(tmp_path):
 def interrupt_run(ws, after_s: float) -> None:
     """Ctrl-C a `dcpipe run` `after_s` seconds into its first round: it exits 130 within 60 s,
     says so, prints no traceback and lets go of the workspace."""
-    # SIGINT as a terminal delivers it: a suite started in the background (`cmd &` in a
-    # non-interactive shell) inherits SIGINT ignored, and Python keeps it ignored
     run = subprocess.Popen([DCPIPE, "-w", str(ws), "run", "--rounds", "1000"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                           preexec_fn=terminal_sigint)
     try:
         deadline = time.monotonic() + 60
         while not (ws / "rounds" / "0000").exists():  # a round has begun: the command is busy
