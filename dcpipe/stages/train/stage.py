@@ -240,9 +240,9 @@ class RoundTraining:
             rank=ctx.rank, world=ctx.world, streams=config["streams"],
             interleave=config["interleave"], window=config["window"])
         self.lengths = self.sampler.stream_lengths()
-        draws = torch.zeros(ctx.world, dtype=torch.int64)
-        draws[ctx.rank] = sum(self.lengths)
-        draws = ctx.sum(draws).tolist()
+        counts = torch.zeros(ctx.world, dtype=torch.int64)
+        counts[ctx.rank] = sum(self.lengths)
+        draws = ctx.sum(counts).tolist()  # every rank's draws
         self.batch_size, self.lr = batchsize.resolve(config["batch_size"], config["lr"],
                                                      sum(draws) // ctx.world)
         self.plan = StepPlan.make(draws, self.batch_size)
